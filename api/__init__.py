@@ -1,0 +1,1 @@
+"""The usage API and dashboard over the daily rollup."""

@@ -1,0 +1,271 @@
+"""The FastAPI app: factory, dependencies and thin routes."""
+
+import csv
+import io
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from pymongo.errors import PyMongoError
+
+from api import auth
+from api.buckets import GranularityChoice, Scope
+from api.usage import Forbidden, ParamError, UsageQuery, UsageService, resolve_query
+from etl import rollup, runs
+from etl.db import Databases, DatabaseUnavailable
+from etl.jobs import utcnow
+from etl.settings import Settings
+
+STATIC = Path(__file__).parent / "static"
+Metric = Literal["conversations", "messages", "handoffs"]
+
+
+class BucketOut(BaseModel):
+    key: str
+    label: str
+    start: str
+    end: str
+    partial: bool
+
+
+class RowOut(BaseModel):
+    id: str | None
+    name: str
+    totals: dict[str, int]
+    buckets: list[dict[str, int | str]]
+
+
+class UsageOut(BaseModel):
+    scope: Scope
+    org_id: str | None
+    agent_id: str | None
+    start: str
+    end: str
+    granularity: Literal["day", "week", "month"]
+    timezone: str
+    metrics: list[str]
+    buckets: list[BucketOut]
+    rows: list[RowOut]
+    total: RowOut
+    data_through: str | None
+    last_run_finished_at: str | None
+
+
+class HealthOut(BaseModel):
+    database: Literal["ok", "unreachable"]
+    data_through: str | None
+    last_run_status: str | None
+    last_run_finished_at: str | None
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    parameter: str | None = None
+
+
+class KeyCache:
+    """Verified keys for a few seconds, so a request costs no key lookup."""
+
+    def __init__(self, db_lookup: Callable[[str], auth.Principal | None], ttl: float) -> None:
+        self.lookup = db_lookup
+        self.ttl = ttl
+        self.entries: dict[str, tuple[float, auth.Principal | None]] = {}
+
+    def get(self, secret: str) -> auth.Principal | None:
+        now = time.monotonic()
+        hit = self.entries.get(secret)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        principal = self.lookup(secret)
+        if len(self.entries) > 10_000:
+            self.entries.clear()
+        self.entries[secret] = (now, principal)
+        return principal
+
+
+class Unauthorized(Exception):
+    pass
+
+
+bearer = HTTPBearer(auto_error=False, description="An API key created with `usage keys create`")
+
+
+def get_service(request: Request) -> UsageService:
+    service: UsageService = request.app.state.service
+    return service
+
+
+def get_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> auth.Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+    keys: KeyCache = request.app.state.keys
+    principal = keys.get(credentials.credentials)
+    if principal is None:
+        raise Unauthorized("unknown or revoked API key")
+    return principal
+
+
+ServiceDep = Annotated[UsageService, Depends(get_service)]
+PrincipalDep = Annotated[auth.Principal, Depends(get_principal)]
+
+
+def usage_query(
+    request: Request,
+    service: ServiceDep,
+    principal: PrincipalDep,
+    scope: Annotated[Scope, Query(description="platform, org or agent")] = "platform",
+    org_id: Annotated[str | None, Query(description="Organization id (org, agent)")] = None,
+    agent_id: Annotated[str | None, Query(description="Agent id or 'unattributed'")] = None,
+    start: Annotated[str | None, Query(description="First day, YYYY-MM-DD")] = None,
+    end: Annotated[str | None, Query(description="Last day, YYYY-MM-DD, inclusive")] = None,
+    granularity: Annotated[GranularityChoice, Query()] = "auto",
+    include_internal: Annotated[bool, Query(description="Staff only")] = False,
+) -> UsageQuery:
+    clock: Callable[[], datetime] = request.app.state.clock
+    return resolve_query(
+        scope=scope,
+        org_id=org_id,
+        agent_id=agent_id,
+        start=start,
+        end=end,
+        granularity=granularity,
+        include_internal=include_internal,
+        principal=principal,
+        today=rollup.local_today(clock(), service.settings),
+        settings=service.settings,
+    )
+
+
+QueryDep = Annotated[UsageQuery, Depends(usage_query)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut},
+    403: {"model": ErrorOut},
+    422: {"model": ErrorOut},
+    503: {"model": ErrorOut},
+}
+
+
+def csv_text(report: dict[str, Any], metric: str) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "name", *[b["label"] for b in report["buckets"]], "total"])
+    for row in [*report["rows"], report["total"]]:
+        cells = [cell[metric] for cell in row["buckets"]]
+        writer.writerow([row["id"] or "", row["name"], *cells, row["totals"][metric]])
+    return buffer.getvalue()
+
+
+def csv_filename(query: UsageQuery, metric: str) -> str:
+    who = {"platform": "platform", "org": f"org-{query.org_id}", "agent": f"agent-{query.agent_id}"}
+    return (
+        f"usage-{who[query.scope]}-{query.first}-to-{query.last}-{query.granularity}-{metric}.csv"
+    )
+
+
+def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAPI:
+    settings: Settings = dbs.settings
+    app = FastAPI(
+        title="Usage analytics",
+        version="1.0",
+        description="Billable conversations per organization and agent, from the daily rollup.",
+    )
+    app.state.service = UsageService(dbs, settings.cache_check_seconds)
+    app.state.keys = KeyCache(
+        lambda s: auth.authenticate(dbs.rollup, s), settings.cache_check_seconds
+    )
+    app.state.clock = clock
+
+    @app.exception_handler(ParamError)
+    def param_error(request: Request, exc: ParamError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "parameter": exc.param}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        loc = [str(part) for part in first.get("loc", ()) if part not in ("query", "header")]
+        param = loc[0] if loc else "request"
+        return JSONResponse(
+            {"detail": f"{param}: {first.get('msg', 'invalid')}", "parameter": param},
+            status_code=422,
+        )
+
+    @app.exception_handler(Forbidden)
+    def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=403)
+
+    @app.exception_handler(Unauthorized)
+    def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+
+    @app.exception_handler(PyMongoError)
+    def database_down(request: Request, exc: PyMongoError) -> JSONResponse:
+        return JSONResponse({"detail": "the database is unavailable; try again"}, status_code=503)
+
+    @app.get("/api/aggregations/usage", response_model=UsageOut, responses=ERRORS)
+    def usage(service: ServiceDep, query: QueryDep) -> Response:
+        """Usage per organization (platform), per agent (org) or for one agent, in buckets."""
+        return Response(service.report_json(query), media_type="application/json")
+
+    @app.get(
+        "/api/aggregations/usage.csv",
+        response_class=Response,
+        responses={**ERRORS, 200: {"content": {"text/csv": {}}}},
+    )
+    def usage_csv(
+        service: ServiceDep, query: QueryDep, metric: Metric = "conversations"
+    ) -> Response:
+        """The same query as CSV: a line per row, a column per bucket, one metric."""
+        report = service.report(query, service.freshness())
+        disposition = f'attachment; filename="{csv_filename(query, metric)}"'
+        return Response(
+            csv_text(report, metric),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": disposition},
+        )
+
+    @app.get("/api/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+    def health() -> JSONResponse:
+        """Database reachable, data_through and the last run's status."""
+        try:
+            dbs.ping()
+            last = runs.recent_runs(dbs.rollup, 1)
+            through = runs.data_through(dbs.rollup)
+        except (DatabaseUnavailable, PyMongoError):
+            body = {"database": "unreachable", "data_through": None}
+            return JSONResponse(
+                {**body, "last_run_status": None, "last_run_finished_at": None}, status_code=503
+            )
+        run = last[0] if last else {}
+        finished = run.get("finished_at")
+        return JSONResponse(
+            {
+                "database": "ok",
+                "data_through": through.isoformat() if through else None,
+                "last_run_status": run.get("status"),
+                "last_run_finished_at": finished.isoformat() + "Z" if finished else None,
+            }
+        )
+
+    @app.get("/api/ping", include_in_schema=False)
+    def ping() -> Response:
+        return Response(b'{"ok":true}', media_type="application/json")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,73 @@
+"""API keys and the principals they authenticate; keys are stored only as hashes."""
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo.database import Database
+
+Doc = dict[str, Any]
+KEYS = "api_keys"
+PREFIX = "usk_"
+OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+
+
+def is_object_id(value: str) -> bool:
+    return bool(OBJECT_ID.match(value))
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    name: str
+    org_id: str | None  # None: platform staff
+
+    @property
+    def is_staff(self) -> bool:
+        return self.org_id is None
+
+
+def hash_key(secret: str) -> str:
+    # The secret carries 256 random bits, so a fast hash cannot be brute-forced.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(db: Database[Doc], name: str, org_id: str | None, now: datetime) -> tuple[str, str]:
+    """Store a new key's hash; return (key id, secret). The secret is not kept."""
+    db[KEYS].create_index("hash", unique=True)
+    secret = PREFIX + secrets.token_urlsafe(32)
+    key_id = "k_" + secrets.token_hex(4)
+    db[KEYS].insert_one(
+        {
+            "_id": key_id,
+            "hash": hash_key(secret),
+            "name": name,
+            "org_id": org_id,
+            "created_at": now,
+            "revoked_at": None,
+        }
+    )
+    return key_id, secret
+
+
+def list_keys(db: Database[Doc]) -> list[Doc]:
+    docs = db[KEYS].find({}, {"hash": 0}, sort=[("created_at", 1)])
+    return [{"key_id": doc.pop("_id"), **doc} for doc in docs]
+
+
+def revoke_key(db: Database[Doc], key_id: str, now: datetime) -> bool:
+    result = db[KEYS].update_one({"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": now}})
+    return result.modified_count == 1
+
+
+def authenticate(db: Database[Doc], secret: str) -> Principal | None:
+    """The principal of an active key, or None."""
+    if not secret.startswith(PREFIX) or len(secret) > 200:
+        return None
+    doc = db[KEYS].find_one({"hash": hash_key(secret), "revoked_at": None})
+    if doc is None:
+        return None
+    return Principal(key_id=doc["_id"], name=doc["name"], org_id=doc["org_id"])

@@ -1,0 +1,32 @@
+"""Run the app under uvicorn, in the foreground or on a background thread."""
+
+import threading
+import time
+
+import uvicorn
+
+from api.app import create_app
+from etl.db import Databases
+
+
+def make_server(dbs: Databases, host: str, port: int, log_level: str = "info") -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_app(dbs), host=host, port=port, log_level=log_level, access_log=False
+    )
+    return uvicorn.Server(config)
+
+
+def serve_forever(dbs: Databases, host: str, port: int) -> None:
+    make_server(dbs, host, port).run()
+
+
+def start_in_thread(server: uvicorn.Server, timeout: float = 10.0) -> threading.Thread:
+    """Start `server` on a daemon thread and wait until it accepts connections."""
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the API server did not start")
+        time.sleep(0.02)
+    return thread

@@ -1,0 +1,311 @@
+"""Read rollup rows for a scope and range, and fold them into buckets."""
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo.database import Database
+
+from api.auth import Principal, is_object_id
+from api.buckets import (
+    Bucket,
+    Granularity,
+    GranularityChoice,
+    Scope,
+    default_range,
+    make_buckets,
+    range_days,
+    resolve_granularity,
+)
+from etl import runs
+from etl.db import Databases, Doc
+from etl.rollup import MEASURES
+from etl.settings import Settings
+from etl.source import UNATTRIBUTED
+
+METRICS = list(MEASURES)
+
+
+class ParamError(Exception):
+    """A parameter the caller sent is wrong: 422."""
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param}: {reason}")
+        self.param = param
+        self.reason = reason
+
+
+class Forbidden(Exception):
+    """The caller's key may not see what it asked for: 403."""
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    scope: Scope
+    org_id: str | None
+    agent_id: str | None
+    first: date
+    last: date
+    granularity: Granularity
+    include_internal: bool
+
+
+def parse_date(value: str | None, param: str) -> date | None:
+    if value is None or value == "":
+        return None
+    try:
+        if len(value) != 10:
+            raise ValueError
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ParamError(param, f"{value!r} is not a date of the form YYYY-MM-DD") from None
+
+
+def resolve_query(
+    *,
+    scope: Scope,
+    org_id: str | None,
+    agent_id: str | None,
+    start: str | None,
+    end: str | None,
+    granularity: GranularityChoice,
+    include_internal: bool,
+    principal: Principal,
+    today: date,
+    settings: Settings,
+) -> UsageQuery:
+    """Apply defaults, validation and the access rules to the raw parameters."""
+    if not principal.is_staff:
+        if include_internal:
+            raise Forbidden("include_internal is for platform staff keys only")
+        if org_id is not None and org_id.lower() != principal.org_id:
+            raise Forbidden("this key may only read its own organization")
+        if scope == "platform":
+            scope = "org"
+        org_id = principal.org_id
+    if scope in ("org", "agent"):
+        if not org_id:
+            raise ParamError("org_id", f"required for scope={scope}")
+        if not is_object_id(org_id):
+            raise ParamError("org_id", f"{org_id!r} is not a 24-character ObjectId hex string")
+        org_id = org_id.lower()
+    else:
+        org_id = None
+    if scope == "agent":
+        if not agent_id:
+            raise ParamError("agent_id", "required for scope=agent")
+        if agent_id != UNATTRIBUTED and not is_object_id(agent_id):
+            raise ParamError("agent_id", f"{agent_id!r} is not an agent id or 'unattributed'")
+    else:
+        agent_id = None
+    first, last = parse_date(start, "start"), parse_date(end, "end")
+    default_first, default_last = default_range(scope, today)
+    if first is None and last is None:
+        first, last = default_first, default_last
+    elif first is None:
+        assert last is not None
+        first = last - (default_last - default_first)
+    elif last is None:
+        last = first + (default_last - default_first)
+    if first > last:
+        raise ParamError("start", f"{first} is after end {last}")
+    if range_days(first, last) > settings.max_range_days:
+        raise ParamError(
+            "end",
+            f"the range is {range_days(first, last)} days; at most {settings.max_range_days}",
+        )
+    return UsageQuery(
+        scope=scope,
+        org_id=org_id,
+        agent_id=agent_id,
+        first=first,
+        last=last,
+        granularity=resolve_granularity(granularity, first, last),
+        include_internal=include_internal,
+    )
+
+
+def row_filter(query: UsageQuery, settings: Settings) -> Doc:
+    match: Doc = {"day": {"$gte": query.first.isoformat(), "$lte": query.last.isoformat()}}
+    if query.org_id is not None:
+        match["org_id"] = query.org_id
+    if query.agent_id is not None:
+        match["agent_id"] = query.agent_id
+    if not query.include_internal and settings.internal_org_ids:
+        if query.org_id is None:
+            match["org_id"] = {"$nin": settings.internal_org_ids}
+        elif query.org_id in settings.internal_org_ids:
+            match["org_id"] = {"$in": []}
+    return match
+
+
+def bucket_expr(buckets: list[Bucket], granularity: Granularity) -> Any:
+    """An expression mapping a row's `day` string to its bucket key, in the database."""
+    if granularity == "day":
+        return "$day"
+    if granularity == "month":
+        return {"$substrBytes": ["$day", 0, 7]}
+    branches = [
+        {"case": {"$lt": ["$day", following.start.isoformat()]}, "then": bucket.key}
+        for bucket, following in zip(buckets, buckets[1:], strict=False)
+    ]
+    if not branches:
+        return buckets[0].key
+    return {"$switch": {"branches": branches, "default": buckets[-1].key}}
+
+
+def group_pipeline(query: UsageQuery, buckets: list[Bucket], settings: Settings) -> list[Doc]:
+    group_field = "$org_id" if query.scope == "platform" else "$agent_id"
+    return [
+        {"$match": row_filter(query, settings)},
+        {
+            "$group": {
+                "_id": {"id": group_field, "b": bucket_expr(buckets, query.granularity)},
+                **{name: {"$sum": f"${name}"} for name in METRICS},
+            }
+        },
+    ]
+
+
+def fetch_names(db: Database[Doc], collection: str, ids: list[str]) -> dict[str, str]:
+    """Display names by id from a source collection whose _id may be ObjectId or string."""
+    wanted: list[Any] = [ObjectId(i) for i in ids if is_object_id(i)] + list(ids)
+    names: dict[str, str] = {}
+    if not wanted:
+        return names
+    for doc in db[collection].find({"_id": {"$in": wanted}}, {"name": 1}):
+        name = doc.get("name")
+        if isinstance(name, str) and name.strip():
+            names[str(doc["_id"]).lower()] = name.strip()
+    return names
+
+
+def zero() -> dict[str, int]:
+    return dict.fromkeys(METRICS, 0)
+
+
+def fold(
+    groups: list[Doc], buckets: list[Bucket], names: dict[str, str], always: tuple[str, ...] = ()
+) -> tuple[list[Doc], Doc]:
+    """Rows (sorted by conversations, largest first) and their total, every bucket present.
+
+    Ids in `always` get a row even when they had no activity.
+    """
+    cells: dict[str, dict[str, dict[str, int]]] = {row_id: {} for row_id in always}
+    for group in groups:
+        row = cells.setdefault(group["_id"]["id"], {})
+        cell = row.setdefault(group["_id"]["b"], zero())
+        for name in METRICS:
+            cell[name] += int(group[name])
+
+    def make_row(row_id: str | None, name: str, by_key: dict[str, dict[str, int]]) -> Doc:
+        cells_in_order = [by_key.get(b.key, zero()) for b in buckets]
+        series = [{"key": b.key, **cell} for b, cell in zip(buckets, cells_in_order, strict=True)]
+        totals = {name: sum(cell[name] for cell in cells_in_order) for name in METRICS}
+        return {"id": row_id, "name": name, "totals": totals, "buckets": series}
+
+    rows = [make_row(i, names.get(i, i), by_key) for i, by_key in cells.items()]
+    rows.sort(key=lambda row: (-row["totals"]["conversations"], row["name"], row["id"]))
+    total_cells: dict[str, dict[str, int]] = {}
+    for by_key in cells.values():
+        for key, cell in by_key.items():
+            into = total_cells.setdefault(key, zero())
+            for name in METRICS:
+                into[name] += cell[name]
+    return rows, make_row(None, "Total", total_cells)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    run_id: str | None
+    data_through: date | None
+    finished_at: datetime | None
+
+
+class UsageService:
+    """Answers usage queries from `usage_daily`, caching whole responses per completed run."""
+
+    def __init__(self, dbs: Databases, check_seconds: float = 2.0) -> None:
+        self.dbs = dbs
+        self.settings = dbs.settings
+        self.check_seconds = check_seconds
+        self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._freshness: Freshness | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def freshness(self) -> Freshness:
+        """The latest completed run, re-read at most every `check_seconds`."""
+        now = time.monotonic()
+        if self._freshness is None or now - self._checked >= self.check_seconds:
+            latest = runs.latest_finished_run(self.dbs.rollup)
+            self._freshness = Freshness(
+                run_id=str(latest["_id"]) if latest else None,
+                data_through=runs.data_through(self.dbs.rollup),
+                finished_at=latest.get("finished_at") if latest else None,
+            )
+            self._checked = now
+        return self._freshness
+
+    def report_json(self, query: UsageQuery) -> bytes:
+        fresh = self.freshness()
+        key = (query, fresh.run_id)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+        body = json.dumps(self.report(query, fresh), separators=(",", ":")).encode()
+        if self.settings.cache_entries:
+            with self._lock:
+                self._cache[key] = body
+                while len(self._cache) > self.settings.cache_entries:
+                    self._cache.popitem(last=False)
+        return body
+
+    def report(self, query: UsageQuery, fresh: Freshness) -> Doc:
+        settings = self.settings
+        buckets = make_buckets(
+            query.first, query.last, query.granularity, settings.week_start_index
+        )
+        pipeline = group_pipeline(query, buckets, settings)
+        groups = list(self.dbs.usage_daily().aggregate(pipeline))
+        always = (query.agent_id,) if query.agent_id else ()
+        ids = sorted({group["_id"]["id"] for group in groups} | set(always))
+        if query.scope == "platform":
+            names = fetch_names(self.dbs.source, settings.org_names_collection, ids)
+        else:
+            names = fetch_names(self.dbs.source, settings.agent_names_collection, ids)
+            names[UNATTRIBUTED] = "Unattributed"
+        rows, total = fold(groups, buckets, names, always)
+        return {
+            "scope": query.scope,
+            "org_id": query.org_id,
+            "agent_id": query.agent_id,
+            "start": query.first.isoformat(),
+            "end": query.last.isoformat(),
+            "granularity": query.granularity,
+            "timezone": settings.timezone,
+            "metrics": METRICS,
+            "buckets": [
+                {
+                    "key": b.key,
+                    "label": b.label,
+                    "start": b.start.isoformat(),
+                    "end": b.end.isoformat(),
+                    "partial": b.partial,
+                }
+                for b in buckets
+            ],
+            "rows": rows,
+            "total": total,
+            "data_through": fresh.data_through.isoformat() if fresh.data_through else None,
+            "last_run_finished_at": (
+                fresh.finished_at.isoformat() + "Z" if fresh.finished_at else None
+            ),
+        }

@@ -1,0 +1,1 @@
+"""The nightly rollup of billable conversations into `usage_daily`."""

@@ -1,0 +1,387 @@
+"""The `usage` command line: each command parses, calls one function, prints."""
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import click
+import typer
+from pymongo.errors import PyMongoError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from etl import rollup, runs, verify
+from etl.db import Databases, DatabaseUnavailable, mask_uri, open_databases, plain_error
+from etl.jobs import utcnow
+from etl.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="Usage analytics: the daily rollup of billable conversations, and its API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)
+
+EXIT_USAGE = 2
+EXIT_BUSY = 3
+
+
+@dataclass
+class Context:
+    settings: Settings
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"error: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    obj = ctx.find_object(Context)
+    assert obj is not None
+    return obj.settings
+
+
+@contextlib.contextmanager
+def databases(settings: Settings) -> Iterator[Databases]:
+    """Open the databases, turning failures the user can fix into one line."""
+    try:
+        with open_databases(settings) as dbs:
+            dbs.ping()
+            yield dbs
+    except DatabaseUnavailable as exc:
+        fail(str(exc))
+    except runs.LockBusy as exc:
+        fail(str(exc), EXIT_BUSY)
+    except PyMongoError as exc:
+        fail(plain_error(exc, settings.mongodb_uri))
+
+
+def parse_day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date of the form YYYY-MM-DD", param_hint=option
+        ) from None
+
+
+def parse_range(start: str, end: str) -> tuple[date, date]:
+    first, last = parse_day(start, "--start"), parse_day(end, "--end")
+    if first > last:
+        raise typer.BadParameter(f"{start} is after --end {end}", param_hint="--start")
+    return first, last
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, label: str) -> Iterator[rollup.Progress]:
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "days",
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda days: bar.advance(task, days)
+
+
+def print_result(result: rollup.RunResult, kind: str) -> None:
+    stats = result.stats
+    span = f"{result.days[0]} to {result.days[-1]}" if result.days else "no days"
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats.skipped.items())) or "none"
+    out.print(
+        f"{kind}: {stats.days} days ({span}) in {result.seconds:.1f}s; "
+        f"{stats.conversations} conversations; rows written {stats.rows_written}, "
+        f"removed {stats.rows_removed}; skipped: {skipped}",
+        markup=False,
+    )
+
+
+@app.callback()
+def main_callback(ctx: typer.Context) -> None:
+    """Read the USAGE_* settings once for every command."""
+    try:
+        ctx.obj = Context(load_settings())
+    except SettingsError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+@app.command(name="rollup")
+def rollup_command(ctx: typer.Context) -> None:
+    """Run the nightly rollup: lookback window, missed nights and changed older days.
+
+    Example: usage rollup
+    """
+    with databases(settings_of(ctx)) as dbs:
+        result = rollup.run_nightly(dbs, utcnow(), utcnow)
+    print_result(result, "nightly")
+
+
+@app.command()
+def backfill(
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD (reporting timezone).")],
+    end: Annotated[str, typer.Option(help="Last day, YYYY-MM-DD, inclusive.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan only.")] = False,
+) -> None:
+    """Recompute a range of days; safe to interrupt and run again.
+
+    Example: usage backfill --start 2026-05-01 --end 2026-10-31
+    """
+    first, last = parse_range(start, end)
+    days = (last - first).days + 1
+    if dry_run:
+        batches = len(list(rollup.batches(rollup.day_range(first, last))))
+        out.print(f"would recompute {days} days ({first} to {last}) in {batches} batches")
+        return
+    with databases(settings_of(ctx)) as dbs, progress_bar(days, "backfill") as advance:
+        result = rollup.run_backfill(dbs, first, last, utcnow(), utcnow, advance)
+    print_result(result, "backfill")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Runs to show.")] = 10,
+) -> None:
+    """Show recent runs, data_through, lag and the lock holder.
+
+    Example: usage status --json
+    """
+    settings = settings_of(ctx)
+    with databases(settings) as dbs:
+        report = status_report(dbs, settings, utcnow(), limit)
+    if as_json:
+        out.print_json(json.dumps(report, default=str))
+        return
+    out.print(
+        f"database {report['database']}  data through {report['data_through'] or 'never'}"
+        f"  lag {report['lag_days'] if report['lag_days'] is not None else '-'} days"
+        f"  lock {report['lock'] or 'free'}",
+        markup=False,
+    )
+    table = Table("started (UTC)", "kind", "status", "range", "days", "rows", "skipped", "error")
+    for run in report["runs"]:
+        table.add_row(
+            str(run.get("started_at", ""))[:19],
+            run.get("kind", ""),
+            run.get("status", ""),
+            " to ".join(run.get("range") or []),
+            str(run.get("days_recomputed", "")),
+            str(run.get("rows_written", "")),
+            str(sum((run.get("skipped") or {}).values())),
+            (run.get("error") or "")[:60],
+        )
+    out.print(table)
+
+
+def status_report(dbs: Databases, settings: Settings, now: datetime, limit: int) -> dict[str, Any]:
+    through = runs.data_through(dbs.rollup)
+    today = rollup.local_today(now, settings)
+    lock = runs.current_lock(dbs.rollup)
+    lock_text = None
+    if lock:
+        state = "expired" if lock["expires_at"] < now else "held"
+        lock_text = f"{state} by {lock['holder']} until {lock['expires_at']:%Y-%m-%d %H:%M:%S} UTC"
+    return {
+        "database": mask_uri(dbs.uri),
+        "timezone": settings.timezone,
+        "data_through": through.isoformat() if through else None,
+        "lag_days": (today - through).days - 1 if through else None,
+        "lock": lock_text,
+        "runs": [runs.run_summary(run) for run in runs.recent_runs(dbs.rollup, limit)],
+    }
+
+
+@app.command(name="verify")
+def verify_command(
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option(help="Last day, YYYY-MM-DD, inclusive.")],
+    repair: Annotated[bool, typer.Option("--repair", help="Recompute drifted days.")] = False,
+) -> None:
+    """Recount a range from the source and compare it with the rollup; exit 1 on drift.
+
+    Example: usage verify --start 2026-10-01 --end 2026-10-31
+    """
+    first, last = parse_range(start, end)
+    with databases(settings_of(ctx)) as dbs:
+        drift = verify.find_drift(dbs, first, last)
+        for item in drift:
+            out.print(item.describe(), markup=False)
+        if not drift:
+            out.print(f"no drift from {first} to {last}")
+            return
+        days = verify.drifted_days(drift)
+        if not repair:
+            out.print(f"{len(drift)} rows differ on {len(days)} days")
+            raise typer.Exit(1)
+        result = rollup.run_repair(dbs, days, utcnow(), utcnow)
+    print_result(result, "repair")
+
+
+@app.command()
+def indexes(
+    ctx: typer.Context,
+    apply: Annotated[bool, typer.Option("--apply", help="Create missing indexes.")] = False,
+) -> None:
+    """Show, and with --apply create, the recommended indexes on the source.
+
+    Example: usage indexes --apply
+    """
+    from etl import indexes as source_indexes
+
+    with databases(settings_of(ctx)) as dbs:
+        for line in source_indexes.report(dbs, apply):
+            out.print(line, markup=False)
+
+
+@app.command()
+def scheduler(
+    jobs_file: Annotated[Path, typer.Option("--jobs", help="Jobs file.")] = Path("jobs.toml"),
+    check: Annotated[bool, typer.Option("--check", help="Validate and list, then exit.")] = False,
+) -> None:
+    """Run the jobs of jobs.toml on their cron schedules until SIGTERM.
+
+    Example: usage scheduler --jobs jobs.toml
+    """
+    from etl import schedule
+
+    try:
+        specs = schedule.load_jobs(jobs_file)
+    except schedule.JobsFileError as exc:
+        fail(str(exc), EXIT_USAGE)
+    sched = schedule.build_scheduler(specs)
+    for spec in specs:
+        out.print(f"job {spec.name}: {spec.ref} at {spec.trigger}", markup=False)
+    if not check:
+        schedule.run_forever(sched)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the usage API and dashboard.
+
+    Example: usage serve --host 0.0.0.0 --port 8000
+    """
+    from api.server import serve_forever
+
+    settings = settings_of(ctx)
+    with databases(settings) as dbs:
+        serve_forever(dbs, host, port)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="Port for the API and dashboard.")] = 8000,
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="Stop after the table.")] = False,
+) -> None:
+    """Load sample data into the embedded server, roll it up, print a table, serve the API.
+
+    Example: usage demo --port 8000
+    """
+    from etl import demo as demo_run
+
+    settings = settings_of(ctx)
+    with databases(settings) as dbs:
+        demo_run.run(dbs, out, err, utcnow(), port, serve=not no_serve)
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    staff: Annotated[bool, typer.Option("--staff", help="A platform staff key.")] = False,
+    org: Annotated[str | None, typer.Option(help="Organization id of a customer key.")] = None,
+) -> None:
+    """Create an API key and print it once.
+
+    Example: usage keys create --org 65e18830a0616000137bb854 --name "GIC dashboard"
+    """
+    from api import auth
+
+    if staff == (org is not None):
+        raise typer.BadParameter("give exactly one of --staff or --org ORG_ID", param_hint="--org")
+    if org is not None and not auth.is_object_id(org):
+        raise typer.BadParameter(f"{org!r} is not an ObjectId hex string", param_hint="--org")
+    with databases(settings_of(ctx)) as dbs:
+        key_id, secret = auth.create_key(dbs.rollup, name, org.lower() if org else None, utcnow())
+    out.print(f"key id {key_id}; the key (shown once): {secret}", markup=False)
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context) -> None:
+    """List API keys (never the keys themselves).
+
+    Example: usage keys list
+    """
+    from api import auth
+
+    with databases(settings_of(ctx)) as dbs:
+        keys = auth.list_keys(dbs.rollup)
+    table = Table("key id", "name", "scope", "created (UTC)", "revoked")
+    for key in keys:
+        table.add_row(
+            key["key_id"],
+            key["name"],
+            f"org {key['org_id']}" if key["org_id"] else "staff",
+            f"{key['created_at']:%Y-%m-%d %H:%M}",
+            f"{key['revoked_at']:%Y-%m-%d %H:%M}" if key.get("revoked_at") else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="The key id.")]
+) -> None:
+    """Revoke an API key; calls with it get 401 from then on.
+
+    Example: usage keys revoke k_3f9a1c2b
+    """
+    from api import auth
+
+    with databases(settings_of(ctx)) as dbs:
+        if not auth.revoke_key(dbs.rollup, key_id, utcnow()):
+            fail(f"no active key with id {key_id!r}")
+    out.print(f"revoked {key_id}")
+
+
+def main() -> None:
+    """Entry point: usage errors print one line and exit 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.UsageError as exc:
+        fail_usage(exc)
+    except KeyboardInterrupt:
+        err.print("interrupted; run the same command again to finish")
+        sys.exit(130)
+
+
+def fail_usage(exc: click.UsageError) -> NoReturn:
+    err.print(f"error: {exc.format_message()}", markup=False, soft_wrap=True)
+    sys.exit(EXIT_USAGE)

@@ -1,0 +1,96 @@
+"""The demo: sample data on the embedded server, a backfill and a nightly run, a table, the API."""
+
+import json
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from etl import indexes, rollup, sample
+from etl.db import Databases
+from etl.jobs import utcnow
+
+
+def six_months_back(today: date) -> date:
+    index = today.year * 12 + today.month - 1 - 6
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def run(dbs: Databases, out: Console, err: Console, now: datetime, port: int, serve: bool) -> None:
+    today = rollup.local_today(now, dbs.settings)
+    first = six_months_back(today)
+    spec = replace(sample.SampleSpec(), days=(today - first).days)
+    made = sample.make_sample(spec)
+    if dbs.source.requests.estimated_document_count() == 0:
+        out.print(f"loading sample data ({spec.days} days up to now) into {dbs.settings.source_db}")
+        count = sample.load_sample(dbs, spec, now)
+        out.print(f"loaded {count} conversations")
+    if not dbs.settings.internal_org_ids:
+        dbs.settings = dbs.settings.model_copy(update={"internal_org_ids": made.internal_ids})
+        out.print(
+            "internal organizations of the sample: USAGE_INTERNAL_ORG_IDS="
+            + json.dumps(made.internal_ids),
+            markup=False,
+        )
+    for line in indexes.report(dbs, apply=True):
+        out.print(line, markup=False)
+    if dbs.usage_daily().estimated_document_count() == 0:
+        last = today - timedelta(days=1)
+        days = (last - first).days + 1
+        columns = (BarColumn(), MofNCompleteColumn(), "days", TimeRemainingColumn())
+        with Progress("backfill", *columns, console=err) as bar:
+            task = bar.add_task("backfill", total=days)
+            result = rollup.run_backfill(
+                dbs, first, last, now, utcnow, lambda n: bar.advance(task, n)
+            )
+        out.print(f"backfill: {result.stats.days} days, {result.stats.rows_written} rows")
+    nightly = rollup.run_nightly(dbs, utcnow(), utcnow)
+    out.print(
+        f"nightly: {nightly.stats.days} days, {nightly.stats.conversations} conversations, "
+        f"skipped {dict(nightly.stats.skipped)}",
+        markup=False,
+    )
+    print_table(dbs, out, today)
+    from api import auth
+
+    key_id, secret = auth.create_key(dbs.rollup, "demo staff key", None, utcnow())
+    out.print(f"\ndashboard: http://127.0.0.1:{port}/  (API docs at /docs)", markup=False)
+    out.print(f"staff API key {key_id}, paste it into the page: {secret}", markup=False)
+    out.print(
+        f"other terminals: export USAGE_MONGODB_URI={dbs.uri}  (while this runs)", markup=False
+    )
+    if serve:
+        from api.server import serve_forever
+
+        serve_forever(dbs, "127.0.0.1", port)
+
+
+def print_table(dbs: Databases, out: Console, today: date) -> None:
+    from api.auth import Principal
+    from api.usage import UsageService, resolve_query
+
+    service = UsageService(dbs, 0)
+    query = resolve_query(
+        scope="platform",
+        org_id=None,
+        agent_id=None,
+        start=None,
+        end=None,
+        granularity="month",
+        include_internal=False,
+        principal=Principal("demo", "demo", None),
+        today=today,
+        settings=dbs.settings,
+    )
+    report = service.report(query, service.freshness())
+    table = Table(title="Billable conversations per organization per month")
+    table.add_column("organization")
+    for bucket in report["buckets"]:
+        table.add_column(bucket["label"], justify="right")
+    table.add_column("total", justify="right")
+    for row in [*report["rows"], report["total"]]:
+        cells = [str(cell["conversations"]) for cell in row["buckets"]]
+        table.add_row(row["name"], *cells, str(row["totals"]["conversations"]))
+    out.print(table)

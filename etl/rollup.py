@@ -1,0 +1,323 @@
+"""Recompute day ranges of `usage_daily`: run the pipeline, replace whole days atomically."""
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.client_session import ClientSession
+
+from etl import runs, source
+from etl.db import Databases, Doc
+from etl.settings import Settings
+
+# Days per aggregation and per write transaction: large enough to amortise round trips,
+# small enough that a transaction stays far below MongoDB's limits.
+BATCH_DAYS = 7
+# updatedAt is set by application servers whose clocks may run behind this one.
+CLOCK_SKEW = timedelta(minutes=10)
+MEASURES = ("conversations", "messages", "handoffs")
+
+
+@dataclass
+class Stats:
+    days: int = 0
+    rows_written: int = 0
+    rows_removed: int = 0
+    conversations: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: "Stats") -> None:
+        self.days += other.days
+        self.rows_written += other.rows_written
+        self.rows_removed += other.rows_removed
+        self.conversations += other.conversations
+        self.skipped.update(other.skipped)
+
+    def as_record(self) -> Doc:
+        return {
+            "days_recomputed": self.days,
+            "rows_written": self.rows_written,
+            "rows_removed": self.rows_removed,
+            "conversations_counted": self.conversations,
+            "skipped": dict(sorted(self.skipped.items())),
+        }
+
+
+Progress = Callable[[int], None]
+
+
+def day_range(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def batches(days: Iterable[date], size: int = BATCH_DAYS) -> Iterator[tuple[date, date]]:
+    """Split days into contiguous (first, last) runs of at most `size` days."""
+    ordered = sorted(set(days))
+    start = prev = None
+    count = 0
+    for day in ordered:
+        if start is None or prev is None:
+            start, prev, count = day, day, 1
+        elif day == prev + timedelta(days=1) and count < size:
+            prev, count = day, count + 1
+        else:
+            yield start, prev
+            start, prev, count = day, day, 1
+    if start is not None and prev is not None:
+        yield start, prev
+
+
+def row_id(org: str, agent: str, day: str) -> str:
+    return f"{org}:{agent}:{day}"
+
+
+def fetch_rows(dbs: Databases, first: date, last: date) -> tuple[dict[str, list[Doc]], Stats]:
+    """Aggregate local days first..last in the database; return rows by day and counts."""
+    pipeline = source.rollup_pipeline(first, last, dbs.settings)
+    by_day: dict[str, list[Doc]] = {}
+    stats = Stats()
+    for group in dbs.requests().aggregate(pipeline, allowDiskUse=True, batchSize=5000):
+        key = group["_id"]
+        if key.get("skip"):
+            stats.skipped[key["skip"]] += int(group["conversations"])
+            continue
+        row = {
+            "_id": row_id(key["org"], key["agent"], key["day"]),
+            "org_id": key["org"],
+            "agent_id": key["agent"],
+            "day": key["day"],
+            **{name: int(group[name]) for name in MEASURES},
+        }
+        stats.conversations += row["conversations"]
+        by_day.setdefault(key["day"], []).append(row)
+    for rows in by_day.values():
+        rows.sort(key=lambda row: row["_id"])
+    return by_day, stats
+
+
+def save_days(dbs: Databases, days: list[str], by_day: dict[str, list[Doc]]) -> tuple[int, int]:
+    """Replace every row of `days` with `by_day`'s, atomically where the server allows."""
+    usage = dbs.usage_daily()
+    new_rows = [row for day in days for row in by_day.get(day, [])]
+    new_ids = {row["_id"] for row in new_rows}
+
+    def replace(session: ClientSession | None) -> int:
+        old_ids = {
+            doc["_id"] for doc in usage.find({"day": {"$in": days}}, {"_id": 1}, session=session)
+        }
+        usage.delete_many({"day": {"$in": days}}, session=session)
+        if new_rows:
+            usage.insert_many(new_rows, ordered=False, session=session)
+        return len(old_ids - new_ids)
+
+    if dbs.supports_transactions():
+        with dbs.client.start_session() as session:
+            removed: int = session.with_transaction(replace)
+    else:
+        removed = replace(None)
+    return len(new_rows), removed
+
+
+def recompute(
+    dbs: Databases,
+    days: Iterable[date],
+    progress: Progress | None = None,
+    heartbeat: Callable[[], None] | None = None,
+) -> Stats:
+    """Recompute the given local days, a batch at a time."""
+    total = Stats()
+    for first, last in batches(days):
+        by_day, stats = fetch_rows(dbs, first, last)
+        labels = [day.isoformat() for day in day_range(first, last)]
+        stats.rows_written, stats.rows_removed = save_days(dbs, labels, by_day)
+        stats.days = len(labels)
+        total.add(stats)
+        if heartbeat:
+            heartbeat()
+        if progress:
+            progress(len(labels))
+    return total
+
+
+def count_bad_created_at(dbs: Databases, changed_since: datetime | None) -> int:
+    query = source.bad_created_at_filter(dbs.settings, changed_since)
+    return int(dbs.requests().count_documents(query))
+
+
+def changed_days(dbs: Databases, changed_since: datetime, before: date) -> list[date]:
+    """Older days whose source documents changed since `changed_since`."""
+    pipeline = source.changed_days_pipeline(changed_since, before, dbs.settings)
+    found = dbs.requests().aggregate(pipeline, allowDiskUse=True)
+    return sorted(date.fromisoformat(doc["_id"]) for doc in found)
+
+
+def ensure_indexes(dbs: Databases) -> None:
+    usage = dbs.usage_daily()
+    usage.create_index(
+        [("org_id", ASCENDING), ("agent_id", ASCENDING), ("day", ASCENDING)],
+        unique=True,
+        name="uniq_org_agent_day",
+    )
+    usage.create_index([("day", ASCENDING)], name="day")
+    usage.create_index([("org_id", ASCENDING), ("day", ASCENDING)], name="org_day")
+    runs.ensure_indexes(dbs.rollup)
+
+
+@dataclass
+class Plan:
+    """What a nightly run recomputes, and why."""
+
+    today: date
+    window: tuple[date, date]
+    changed: list[date]
+    changed_since: datetime | None
+
+    @property
+    def days(self) -> list[date]:
+        return sorted(set(day_range(*self.window)) | set(self.changed))
+
+
+def plan_nightly(dbs: Databases, now: datetime, settings: Settings) -> Plan:
+    """The lookback window, missed nights since the last ok run, and changed older days."""
+    today = local_today(now, settings)
+    first = today - timedelta(days=settings.lookback_days)
+    last_ok = runs.last_ok_run(dbs.rollup, "nightly")
+    changed_since = None
+    changed: list[date] = []
+    if last_ok is not None:
+        # The last run's own today was only partly over, so it is recomputed too.
+        first = min(first, date.fromisoformat(last_ok["today"]))
+        changed_since = last_ok["started_at"] - CLOCK_SKEW
+        changed = changed_days(dbs, changed_since, first)
+    return Plan(today=today, window=(first, today), changed=changed, changed_since=changed_since)
+
+
+def local_today(now: datetime, settings: Settings) -> date:
+    """`now` is naive UTC; the reporting timezone decides which day it is."""
+    return now.replace(tzinfo=UTC).astimezone(settings.zone).date()
+
+
+@dataclass
+class RunResult:
+    run_id: Any
+    stats: Stats
+    days: list[date]
+    seconds: float
+
+
+@dataclass
+class Work:
+    """What one run recomputes, and what its record says about it."""
+
+    days: list[date]
+    complete_through: date | None
+    record: Doc = field(default_factory=dict)
+    # Unplaceable documents are counted among those changed since then (None: all).
+    bad_since: datetime | None = None
+
+
+def execute(
+    dbs: Databases,
+    kind: str,
+    now: datetime,
+    clock: Callable[[], datetime],
+    plan: Callable[[], Work],
+    progress: Progress | None = None,
+) -> RunResult:
+    """Take the lock, record the run, recompute the planned days, record the outcome."""
+    settings = dbs.settings
+    lease = runs.Lease(dbs.rollup, runs.new_holder(), settings.lease_seconds)
+    expired = lease.acquire_waiting(clock, settings.lock_wait_seconds)
+    try:
+        if expired:
+            runs.mark_abandoned(dbs.rollup, expired["holder"], now)
+        ensure_indexes(dbs)
+        work = plan()
+        days = work.days
+        started = time.monotonic()
+        run_id = runs.start_run(
+            dbs.rollup,
+            {
+                "kind": kind,
+                "holder": lease.holder,
+                "started_at": now,
+                "today": local_today(now, settings).isoformat(),
+                "range": [days[0].isoformat(), days[-1].isoformat()] if days else None,
+                "filter": settings.billable_filter(),
+                "timezone": settings.timezone,
+                **work.record,
+            },
+        )
+        try:
+            stats = recompute(dbs, days, progress, heartbeat=lambda: lease.renew(clock()))
+            bad = count_bad_created_at(dbs, work.bad_since)
+            if bad:
+                stats.skipped["bad_created_at"] += bad
+        except BaseException as exc:
+            runs.finish_run(
+                dbs.rollup,
+                run_id,
+                {"status": runs.FAILED, "finished_at": clock(), "error": str(exc)[:500]},
+            )
+            raise
+        through = work.complete_through
+        runs.finish_run(
+            dbs.rollup,
+            run_id,
+            {
+                "status": runs.OK,
+                "finished_at": clock(),
+                "complete_through": through.isoformat() if through else None,
+                **stats.as_record(),
+            },
+        )
+        return RunResult(run_id, stats, days, time.monotonic() - started)
+    finally:
+        lease.release()
+
+
+def run_nightly(
+    dbs: Databases, now: datetime, clock: Callable[[], datetime], progress: Progress | None = None
+) -> RunResult:
+    """The nightly run: lookback window, missed nights and changed older days."""
+
+    def plan() -> Work:
+        p = plan_nightly(dbs, now, dbs.settings)
+        return Work(
+            days=p.days,
+            complete_through=p.today - timedelta(days=1),
+            record={
+                "window": [p.window[0].isoformat(), p.window[1].isoformat()],
+                "changed_days": [day.isoformat() for day in p.changed],
+                "changed_since": p.changed_since,
+            },
+            bad_since=p.changed_since,
+        )
+
+    return execute(dbs, "nightly", now, clock, plan, progress)
+
+
+def run_backfill(
+    dbs: Databases,
+    first: date,
+    last: date,
+    now: datetime,
+    clock: Callable[[], datetime],
+    progress: Progress | None = None,
+) -> RunResult:
+    """Recompute first..last inclusive."""
+    today = local_today(now, dbs.settings)
+    work = Work(day_range(first, last), min(last, today - timedelta(days=1)))
+    return execute(dbs, "backfill", now, clock, lambda: work, progress)
+
+
+def run_repair(
+    dbs: Databases, days: list[date], now: datetime, clock: Callable[[], datetime]
+) -> RunResult:
+    """Recompute exactly the given days (those `verify` found drifted)."""
+    work = Work(sorted(days), None, {"repaired_days": [day.isoformat() for day in sorted(days)]})
+    return execute(dbs, "repair", now, clock, lambda: work)

@@ -1,0 +1,135 @@
+"""Settings from USAGE_* environment variables (and .env), validated once at start-up."""
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pymongo.read_preferences import read_pref_mode_from_name
+
+EMBEDDED = "embedded"
+OBJECT_ID_HEX = re.compile(r"^[0-9a-f]{24}$")
+
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+WEEKDAYS: tuple[Weekday, ...] = (
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="USAGE_", env_file=".env", extra="ignore")
+
+    mongodb_uri: str = Field(
+        default=EMBEDDED,
+        description="MongoDB URI, or 'embedded' for the bundled server storing under data_dir",
+    )
+    data_dir: Path = Path(".data")
+    source_db: str = "tiledesk"
+    rollup_db: str | None = None
+    timezone: str = "UTC"
+    lookback_days: int = Field(default=3, ge=0, le=366)
+    billable_status: int = 1000
+    billable_min_depth: int = Field(default=2, description="billable when depth > this")
+    exclude_test_mode: bool = True
+    internal_org_ids: Annotated[list[str], NoDecode] = []
+    week_start: Weekday = "monday"
+    org_names_collection: str = "organizations"
+    agent_names_collection: str = "faq_kbs"
+    server_selection_timeout_ms: int = Field(default=5000, ge=100)
+    read_preference: str = "secondaryPreferred"
+    lock_wait_seconds: float = Field(default=30.0, ge=0)
+    lease_seconds: float = Field(default=300.0, ge=5)
+    max_range_days: int = Field(default=366, ge=1)
+    cache_entries: int = Field(default=512, ge=0)
+    # How often the API looks for a newer completed run (and re-checks a cached key).
+    cache_check_seconds: float = Field(default=2.0, ge=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @field_validator("internal_org_ids", mode="before")
+    @classmethod
+    def _parse_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"not a JSON array: {exc.msg}") from None
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("internal_org_ids")
+    @classmethod
+    def _hex_ids(cls, value: list[str]) -> list[str]:
+        ids = [item.lower() for item in value]
+        bad = [item for item in ids if not OBJECT_ID_HEX.match(item)]
+        if bad:
+            raise ValueError(f"not an ObjectId hex string: {bad[0]!r}")
+        return ids
+
+    @field_validator("read_preference")
+    @classmethod
+    def _known_read_preference(cls, value: str) -> str:
+        try:
+            read_pref_mode_from_name(value)
+        except (ValueError, KeyError):
+            raise ValueError(f"unknown read preference {value!r}") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def rollup_db_name(self) -> str:
+        return self.rollup_db or self.source_db
+
+    @property
+    def week_start_index(self) -> int:
+        """Python weekday number (Monday 0) that weeks start on."""
+        return WEEKDAYS.index(self.week_start)
+
+    def billable_filter(self) -> dict[str, Any]:
+        """The filter values a run records, so a change of them is visible."""
+        return {
+            "status": self.billable_status,
+            "depth_gt": self.billable_min_depth,
+            "exclude_test_mode": self.exclude_test_mode,
+        }
+
+
+class SettingsError(Exception):
+    """A setting has an invalid value; the message names it in one line."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning a validation error into one line naming the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "USAGE_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
+        raise SettingsError(f"invalid setting {name}: {first['msg']}") from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,174 @@
+"""The billable filter and the aggregation pipelines over `requests` (pure: builds dicts)."""
+
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from etl.settings import Settings
+
+UNATTRIBUTED = "unattributed"
+DAY_FORMAT = "%Y-%m-%d"
+# No real conversation has a million messages; such a depth is corrupt and would distort sums.
+MAX_DEPTH = 1_000_000
+
+OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
+
+
+def day_start_utc(day: date, zone: ZoneInfo) -> datetime:
+    """The instant (naive UTC, as BSON dates are) at which `day` begins in `zone`."""
+    local = datetime.combine(day, time(0), tzinfo=zone)
+    return local.astimezone(ZoneInfo("UTC")).replace(tzinfo=None)
+
+
+def utc_range(first: date, last: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """Half-open UTC interval covering the local days first..last inclusive."""
+    return day_start_utc(first, zone), day_start_utc(last + timedelta(days=1), zone)
+
+
+def billable_match(settings: Settings) -> dict[str, Any]:
+    match: dict[str, Any] = {
+        "status": settings.billable_status,
+        "depth": {"$gt": settings.billable_min_depth},
+    }
+    if settings.exclude_test_mode:
+        match["isTestMode"] = {"$ne": True}
+    return match
+
+
+def _organization_expr() -> dict[str, Any]:
+    org = "$id_organization"
+    return {
+        "$switch": {
+            "branches": [
+                {"case": {"$eq": [{"$type": org}, "objectId"]}, "then": {"$toString": org}},
+                {
+                    "case": {
+                        "$and": [
+                            {"$eq": [{"$type": org}, "string"]},
+                            {"$regexMatch": {"input": org, "regex": OBJECT_ID_PATTERN}},
+                        ]
+                    },
+                    "then": {"$toLower": org},
+                },
+            ],
+            "default": None,
+        }
+    }
+
+
+def _agent_expr() -> dict[str, Any]:
+    # `attributes` may be absent, a string or an array; only an object's bot_id is an agent.
+    bot = {"$cond": [{"$eq": [{"$type": "$attributes"}, "object"]}, "$attributes.bot_id", None]}
+    return {
+        "$let": {
+            "vars": {"bot": bot},
+            "in": {
+                "$switch": {
+                    "branches": [
+                        {
+                            "case": {"$eq": [{"$type": "$$bot"}, "objectId"]},
+                            "then": {"$toString": "$$bot"},
+                        },
+                        {
+                            "case": {
+                                "$and": [
+                                    {"$eq": [{"$type": "$$bot"}, "string"]},
+                                    {"$gt": [{"$strLenCP": {"$trim": {"input": "$$bot"}}}, 0]},
+                                ]
+                            },
+                            "then": {"$trim": {"input": "$$bot"}},
+                        },
+                    ],
+                    "default": UNATTRIBUTED,
+                }
+            },
+        }
+    }
+
+
+def _handoff_expr() -> dict[str, Any]:
+    agents = "$participantsAgents"
+    joined = {"$size": {"$cond": [{"$isArray": agents}, agents, []]}}
+    return {"$cond": [{"$gt": [joined, 0]}, 1, 0]}
+
+
+def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[str, Any]]:
+    """Group billable conversations created on local days first..last by (day, org, agent).
+
+    Each output document is `{_id: {day, org, agent, skip}, conversations, messages, handoffs}`;
+    `skip` names why a group cannot be counted (None when it can).
+    """
+    start, end = utc_range(first, last, settings.zone)
+    return [
+        # The createdAt range alone comes first so that every planner can use its index.
+        {"$match": {"createdAt": {"$gte": start, "$lt": end}}},
+        {"$match": billable_match(settings)},
+        {
+            "$project": {
+                "_id": 0,
+                "day": {
+                    "$dateToString": {
+                        "date": "$createdAt",
+                        "format": DAY_FORMAT,
+                        "timezone": settings.timezone,
+                    }
+                },
+                "org": _organization_expr(),
+                "agent": _agent_expr(),
+                "handoff": _handoff_expr(),
+                "depth": 1,
+            }
+        },
+        {
+            "$addFields": {
+                "skip": {
+                    "$switch": {
+                        "branches": [
+                            {"case": {"$eq": ["$org", None]}, "then": "no_organization"},
+                            {"case": {"$gt": ["$depth", MAX_DEPTH]}, "then": "depth_out_of_range"},
+                        ],
+                        "default": None,
+                    }
+                }
+            }
+        },
+        {
+            "$group": {
+                "_id": {"day": "$day", "org": "$org", "agent": "$agent", "skip": "$skip"},
+                "conversations": {"$sum": 1},
+                "messages": {
+                    "$sum": {"$cond": [{"$eq": ["$skip", None]}, {"$toLong": "$depth"}, 0]}
+                },
+                "handoffs": {"$sum": "$handoff"},
+            }
+        },
+    ]
+
+
+def bad_created_at_filter(settings: Settings, changed_since: datetime | None) -> dict[str, Any]:
+    """Billable-looking documents whose createdAt cannot place them on any day."""
+    query: dict[str, Any] = {**billable_match(settings), "createdAt": {"$not": {"$type": "date"}}}
+    if changed_since is not None:
+        query["updatedAt"] = {"$gte": changed_since}
+    return query
+
+
+def changed_days_pipeline(
+    changed_since: datetime, before: date, settings: Settings
+) -> list[dict[str, Any]]:
+    """Local days before `before` holding documents updated at or after `changed_since`."""
+    return [
+        {"$match": {"updatedAt": {"$gte": changed_since}}},
+        {"$match": {"createdAt": {"$type": "date", "$lt": day_start_utc(before, settings.zone)}}},
+        {
+            "$group": {
+                "_id": {
+                    "$dateToString": {
+                        "date": "$createdAt",
+                        "format": DAY_FORMAT,
+                        "timezone": settings.timezone,
+                    }
+                }
+            }
+        },
+    ]
