@@ -9,7 +9,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from pymongo.errors import PyMongoError
 from rich.console import Console
@@ -369,19 +368,20 @@ def keys_revoke(
 def main() -> None:
     """Entry point: usage errors print one line and exit 2, never a traceback."""
     try:
-        app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+        code = app(standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
         err.print("aborted")
-        sys.exit(130)
-    except click.UsageError as exc:
-        fail_usage(exc)
+        code = 130
     except KeyboardInterrupt:
         err.print("interrupted; run the same command again to finish")
-        sys.exit(130)
+        code = 130
+    except typer.TyperException as exc:
+        message = getattr(exc, "format_message", lambda: str(exc))()
+        err.print(f"error: {message}", markup=False, soft_wrap=True)
+        code = getattr(exc, "exit_code", EXIT_USAGE)
+    sys.exit(code if isinstance(code, int) else 0)
 
-
-def fail_usage(exc: click.UsageError) -> NoReturn:
-    err.print(f"error: {exc.format_message()}", markup=False, soft_wrap=True)
-    sys.exit(EXIT_USAGE)
+if __name__ == "__main__":
+    main()

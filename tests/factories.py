@@ -1,0 +1,49 @@
+"""Plain factory functions for source documents and rollup rows."""
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+
+ORG_A = ObjectId("65e18830a0616000137bb854")
+ORG_B = ObjectId("65e18830a0616000137bb855")
+BOT_1 = "6601aa00aa00aa00aa00aa01"
+BOT_2 = "6601aa00aa00aa00aa00aa02"
+
+
+def make_request(**overrides: Any) -> dict[str, Any]:
+    """A billable, bot-attributed, closed web-chat conversation; override any field."""
+    created = overrides.pop("createdAt", datetime(2026, 10, 14, 10, 0))
+    touched = created if isinstance(created, datetime) else datetime(2026, 10, 14, 10, 0)
+    doc: dict[str, Any] = {
+        "id_organization": ORG_A,
+        "id_project": "proj1",
+        "status": 1000,
+        "depth": 5,
+        "attributes": {"bot_id": BOT_1},
+        "participantsBots": [f"bot_{BOT_1}"],
+        "participantsAgents": [],
+        "channel": {"name": "chat21"},
+        "createdAt": created,
+        "updatedAt": touched + timedelta(hours=2),
+        "closed_at": touched + timedelta(hours=2),
+    }
+    doc.update(overrides)
+    return {key: value for key, value in doc.items() if value is not DROP}
+
+
+DROP = object()
+
+
+def make_row(org: str, agent: str, day: str, conversations: int, messages: int = 0,
+             handoffs: int = 0) -> dict[str, Any]:
+    """A usage_daily row, as the rollup stores it."""
+    return {
+        "_id": f"{org}:{agent}:{day}",
+        "org_id": org,
+        "agent_id": agent,
+        "day": day,
+        "conversations": conversations,
+        "messages": messages,
+        "handoffs": handoffs,
+    }

@@ -1,0 +1,151 @@
+"""The `usage` command line, run as a user runs it: a subprocess with USAGE_* settings."""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from etl import runs
+from etl.cli import app
+from etl.db import Databases
+from tests.factories import make_request
+
+
+def usage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("USAGE_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "etl.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
+
+
+def env_for(dbs: Databases) -> dict[str, str]:
+    s = dbs.settings
+    return {
+        "USAGE_MONGODB_URI": dbs.uri,
+        "USAGE_SOURCE_DB": s.source_db,
+        "USAGE_ROLLUP_DB": s.rollup_db_name,
+        "USAGE_LOCK_WAIT_SECONDS": "0",
+    }
+
+
+def one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["backfill", "--start", "2026-13-01", "--end", "2026-10-01"], "--start"),
+        (["backfill", "--start", "2026-10-05", "--end", "2026-10-01"], "after --end"),
+        (["backfill", "--start", "2026-10-01"], "--end"),
+        (["rollup", "--frobnicate"], "--frobnicate"),
+        (["verify", "--start", "yesterday", "--end", "2026-10-01"], "YYYY-MM-DD"),
+        (["keys", "create", "--name", "x", "--org", "nope"], "ObjectId"),
+    ],
+)
+def test_bad_input_prints_one_line_and_exits_2(args: list[str], needle: str) -> None:
+    result = usage(*args, env={"USAGE_MONGODB_URI": "mongodb://127.0.0.1:1/"})
+    assert result.returncode == 2
+    assert needle in one_line(result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+def test_an_invalid_setting_is_named_at_start_up() -> None:
+    result = usage("status", env={"USAGE_TIMEZONE": "Mars/Olympus"})
+    assert result.returncode == 2
+    assert "USAGE_TIMEZONE" in one_line(result.stderr)
+    result = usage("status", env={"USAGE_INTERNAL_ORG_IDS": '["xyz"]'})
+    assert "USAGE_INTERNAL_ORG_IDS" in one_line(result.stderr)
+
+
+def test_an_unreachable_database_fails_fast_with_one_line(dead_uri: str) -> None:
+    uri = dead_uri.replace("mongodb://", "mongodb://ops:s3cret-pw@")
+    result = usage(
+        "rollup", env={"USAGE_MONGODB_URI": uri, "USAGE_SERVER_SELECTION_TIMEOUT_MS": "300"}
+    )
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert "cannot reach MongoDB" in line
+    assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_rollup_then_status_reports_the_run(dbs: Databases) -> None:
+    dbs.source.requests.insert_one(make_request(createdAt=datetime.utcnow()))
+    result = usage("rollup", env=env_for(dbs))
+    assert result.returncode == 0, result.stderr
+    assert "1 conversations" in result.stdout
+    status = usage("status", "--json", env=env_for(dbs))
+    report = json.loads(status.stdout)
+    assert report["runs"][0]["status"] == "ok"
+    assert report["runs"][0]["kind"] == "nightly"
+    assert report["lag_days"] == 0
+    assert report["lock"] is None
+
+
+def test_a_busy_lock_exits_3_naming_the_holder(dbs: Databases) -> None:
+    runs.Lease(dbs.rollup, "night-host:42:abcd", 600).acquire(datetime.utcnow())
+    result = usage("rollup", env=env_for(dbs))
+    assert result.returncode == 3
+    assert "night-host:42:abcd" in one_line(result.stderr)
+
+
+def test_verify_exits_1_on_drift_and_repair_fixes_it(dbs: Databases) -> None:
+    dbs.source.requests.insert_one(make_request(createdAt=datetime(2026, 10, 3, 9)))
+    env = env_for(dbs)
+    assert usage("backfill", "--start", "2026-10-01", "--end", "2026-10-05", env=env).returncode == 0
+    assert usage("verify", "--start", "2026-10-01", "--end", "2026-10-05", env=env).returncode == 0
+    dbs.source.requests.delete_many({})
+    drift = usage("verify", "--start", "2026-10-01", "--end", "2026-10-05", env=env)
+    assert drift.returncode == 1
+    assert "2026-10-03" in drift.stdout
+    repair = usage("verify", "--start", "2026-10-01", "--end", "2026-10-05", "--repair", env=env)
+    assert repair.returncode == 0
+    assert dbs.usage_daily().count_documents({}) == 0
+
+
+def test_backfill_dry_run_writes_nothing(dbs: Databases) -> None:
+    result = usage(
+        "backfill", "--start", "2026-10-01", "--end", "2026-10-20", "--dry-run", env=env_for(dbs)
+    )
+    assert result.returncode == 0
+    assert "20 days" in result.stdout
+    assert dbs.rollup.etl_runs.count_documents({}) == 0
+
+
+def test_indexes_are_reported_then_created(dbs: Databases) -> None:
+    shown = usage("indexes", env=env_for(dbs))
+    assert [line.split()[0] for line in shown.stdout.splitlines()] == ["missing"] * 3
+    applied = usage("indexes", "--apply", env=env_for(dbs))
+    assert [line.split()[0] for line in applied.stdout.splitlines()] == ["created"] * 3
+    names = {index["name"] for index in dbs.source.requests.list_indexes()}
+    assert {"idx_billing_usage", "idx_created_at", "idx_updated_at"} <= names
+
+
+def command_names() -> list[str]:
+    names = [cmd.name or "" for cmd in app.registered_commands]
+    names += [f"keys {cmd.name}" for cmd in app.registered_groups[0].typer_instance.registered_commands]  # type: ignore[union-attr]
+    return names
+
+
+def test_every_command_has_help_with_an_example_and_is_in_the_readme(repo_root: Path) -> None:
+    readme = (repo_root / "README.md").read_text()
+    callbacks: dict[str, Callable[..., object]] = {}
+    for cmd in app.registered_commands:
+        assert cmd.callback is not None
+        callbacks[cmd.name or cmd.callback.__name__] = cmd.callback
+    for name in command_names():
+        assert f"usage {name}" in readme, name
+    for name, callback in callbacks.items():
+        assert callback.__doc__ and "Example: usage" in callback.__doc__, name

@@ -1,0 +1,131 @@
+"""Nightly runs: the lookback window, late closes, missed nights, the lock and verify."""
+
+from datetime import date, datetime, timedelta
+
+import pytest
+
+from etl import rollup, runs, verify
+from etl.db import Databases
+from tests.factories import BOT_1, ORG_A, make_request
+
+
+def nightly(dbs: Databases, now: datetime) -> rollup.RunResult:
+    return rollup.run_nightly(dbs, now, lambda: now)
+
+
+def days_of(result: rollup.RunResult) -> list[str]:
+    return [day.isoformat() for day in result.days]
+
+
+def test_first_nightly_recomputes_the_lookback_window_and_today(dbs: Databases) -> None:
+    result = nightly(dbs, datetime(2026, 10, 20, 2, 15))
+    assert days_of(result) == ["2026-10-17", "2026-10-18", "2026-10-19", "2026-10-20"]
+    assert runs.data_through(dbs.rollup) == date(2026, 10, 19)
+
+
+def test_late_close_of_an_old_conversation_is_picked_up(dbs: Databases) -> None:
+    created = datetime(2026, 10, 1, 9, 0)
+    dbs.source.requests.insert_one(
+        make_request(createdAt=created, status=200, updatedAt=created)
+    )
+    first = datetime(2026, 10, 12, 2, 0)
+    nightly(dbs, first)
+    dbs.source.requests.update_one(
+        {}, {"$set": {"status": 1000, "updatedAt": first + timedelta(hours=5)}}
+    )
+    result = nightly(dbs, datetime(2026, 10, 13, 2, 0))
+    assert "2026-10-01" in days_of(result)
+    assert "2026-09-30" not in days_of(result)
+    row = dbs.usage_daily().find_one({"day": "2026-10-01"})
+    assert row is not None and row["conversations"] == 1
+    run = dbs.rollup.etl_runs.find_one({"_id": result.run_id})
+    assert run is not None and run["changed_days"] == ["2026-10-01"]
+
+
+def test_missed_nights_are_caught_up(make_dbs: object) -> None:
+    dbs = make_dbs(lookback_days=1)  # type: ignore[operator]
+    nightly(dbs, datetime(2026, 10, 10, 2, 0))
+    # The job did not run for five nights; a conversation was created meanwhile.
+    dbs.source.requests.insert_one(make_request(createdAt=datetime(2026, 10, 12, 15, 0)))
+    result = nightly(dbs, datetime(2026, 10, 16, 2, 0))
+    assert days_of(result) == [f"2026-10-{d}" for d in range(10, 17)]
+    assert dbs.usage_daily().count_documents({"day": "2026-10-12"}) == 1
+    assert runs.data_through(dbs.rollup) == date(2026, 10, 15)
+
+
+def test_a_second_run_is_refused_while_the_lock_is_held(dbs: Databases) -> None:
+    now = datetime(2026, 10, 20, 2, 0)
+    holder = runs.Lease(dbs.rollup, "other-host:1:abc", 300)
+    holder.acquire(now)
+    with pytest.raises(runs.LockBusy, match="another rollup is running"):
+        nightly(dbs, now)
+    assert dbs.rollup.etl_runs.count_documents({}) == 0
+
+
+def test_an_expired_lease_is_taken_over_and_its_run_marked_abandoned(dbs: Databases) -> None:
+    crashed = datetime(2026, 10, 20, 2, 0)
+    lease = runs.Lease(dbs.rollup, "dead-host:1:abc", 60)
+    lease.acquire(crashed)
+    runs.start_run(dbs.rollup, {"kind": "nightly", "holder": lease.holder, "started_at": crashed})
+    later = crashed + timedelta(minutes=2)
+    nightly(dbs, later)
+    statuses = {run["holder"]: run["status"] for run in dbs.rollup.etl_runs.find()}
+    assert statuses.pop("dead-host:1:abc") == "abandoned"
+    assert list(statuses.values()) == ["ok"]
+    assert runs.current_lock(dbs.rollup) is None
+
+
+def test_a_failed_run_is_recorded_and_keeps_earlier_rows(dbs: Databases) -> None:
+    now = datetime(2026, 10, 20, 2, 0)
+    dbs.source.requests.insert_one(make_request(createdAt=datetime(2026, 10, 19, 8, 0)))
+    nightly(dbs, now)
+    before = list(dbs.usage_daily().find())
+
+    def broken() -> rollup.Work:
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        rollup.execute(dbs, "nightly", now, lambda: now, broken)
+    assert list(dbs.usage_daily().find()) == before
+    assert runs.current_lock(dbs.rollup) is None
+
+
+def test_an_interrupted_backfill_is_recorded_failed_and_days_stay_whole(dbs: Databases) -> None:
+    now = datetime(2026, 10, 20, 2, 0)
+    for day in range(1, 15):
+        dbs.source.requests.insert_one(make_request(createdAt=datetime(2026, 10, day, 8, 0)))
+    rollup.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 14), now, lambda: now)
+    dbs.source.requests.update_many({}, {"$set": {"depth": 7}})
+
+    def interrupt(days: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rollup.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 14), now, lambda: now, interrupt)
+    failed = dbs.rollup.etl_runs.find_one({"status": "failed"})
+    assert failed is not None
+    messages = {r["day"]: r["messages"] for r in dbs.usage_daily().find()}
+    # The first batch of seven days was replaced whole; the rest kept their earlier rows.
+    assert messages == {f"2026-10-{d:02d}": 7 if d <= 7 else 5 for d in range(1, 15)}
+    assert runs.current_lock(dbs.rollup) is None
+
+
+def test_verify_finds_drift_and_repair_fixes_exactly_those_days(dbs: Databases) -> None:
+    now = datetime(2026, 10, 20, 2, 0)
+    for day in (5, 6, 7):
+        dbs.source.requests.insert_one(make_request(createdAt=datetime(2026, 10, day, 8, 0)))
+    rollup.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 10), now, lambda: now)
+    assert verify.find_drift(dbs, date(2026, 10, 1), date(2026, 10, 10)) == []
+    dbs.source.requests.delete_one({"createdAt": datetime(2026, 10, 6, 8, 0)})
+    dbs.usage_daily().update_one({"day": "2026-10-07"}, {"$set": {"messages": 99}})
+    drift = verify.find_drift(dbs, date(2026, 10, 1), date(2026, 10, 10))
+    assert [(d.day, d.expected, d.stored["messages"]) for d in drift] == [
+        ("2026-10-06", {}, 5),
+        ("2026-10-07", {"conversations": 1, "messages": 5, "handoffs": 0}, 99),
+    ]
+    result = rollup.run_repair(dbs, verify.drifted_days(drift), now, lambda: now)
+    assert days_of(result) == ["2026-10-06", "2026-10-07"]
+    assert verify.find_drift(dbs, date(2026, 10, 1), date(2026, 10, 10)) == []
+    assert sorted(r["day"] for r in dbs.usage_daily().find()) == ["2026-10-05", "2026-10-07"]
+    assert {r["agent_id"] for r in dbs.usage_daily().find()} == {BOT_1}
+    assert {r["org_id"] for r in dbs.usage_daily().find()} == {str(ORG_A)}

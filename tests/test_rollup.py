@@ -1,0 +1,180 @@
+"""The rollup on the embedded server: what counts, where it counts, and replacing days."""
+
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+
+import pytest
+from bson import ObjectId
+
+from etl import rollup
+from etl.db import Databases
+from etl.settings import Settings
+from tests.factories import BOT_1, BOT_2, DROP, ORG_A, ORG_B, make_request
+
+NOW = datetime(2026, 10, 20, 12, 0)
+DAY = "2026-10-14"
+
+
+def clock() -> datetime:
+    return NOW
+
+
+def backfill(dbs: Databases, first: str = DAY, last: str = DAY) -> rollup.RunResult:
+    return rollup.run_backfill(
+        dbs, date.fromisoformat(first), date.fromisoformat(last), NOW, clock
+    )
+
+
+def rows(dbs: Databases) -> list[dict[str, object]]:
+    return list(dbs.usage_daily().find({}, sort=[("_id", 1)]))
+
+
+def counts(dbs: Databases) -> dict[tuple[str, str, str], int]:
+    return {(r["org_id"], r["agent_id"], r["day"]): r["conversations"] for r in rows(dbs)}
+
+
+def test_attribution_uses_bot_id_never_participants_bots(dbs: Databases) -> None:
+    dbs.source.requests.insert_many(
+        [
+            make_request(),  # bot_id present
+            make_request(participantsBots=[], participantsAgents=["agent_1"]),  # handed off
+            make_request(attributes={}, participantsBots=[f"bot_{BOT_2}"]),  # only participants
+            make_request(attributes=DROP),  # no attributes
+            make_request(attributes={"bot_id": ObjectId(BOT_2)}),  # ObjectId bot_id
+        ]
+    )
+    backfill(dbs)
+    org = str(ORG_A)
+    assert counts(dbs) == {
+        (org, BOT_1, DAY): 2,
+        (org, "unattributed", DAY): 2,
+        (org, BOT_2, DAY): 1,
+    }
+    bot_row = dbs.usage_daily().find_one({"agent_id": BOT_1})
+    assert bot_row is not None
+    assert (bot_row["messages"], bot_row["handoffs"]) == (10, 1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "billable"),
+    [
+        ({"depth": 2}, False),
+        ({"depth": 3}, True),
+        ({"isTestMode": DROP}, True),
+        ({"isTestMode": False}, True),
+        ({"isTestMode": True}, False),
+        ({"status": 999}, False),
+        ({"status": 1000}, True),
+        ({"status": 200}, False),
+    ],
+)
+def test_billable_filter_edges(dbs: Databases, overrides: dict[str, object], billable: bool) -> None:
+    dbs.source.requests.insert_one(make_request(**overrides))
+    result = backfill(dbs)
+    assert result.stats.conversations == (1 if billable else 0)
+    assert len(rows(dbs)) == (1 if billable else 0)
+
+
+@pytest.mark.parametrize(
+    ("created_utc", "local_day"),
+    [
+        # Spring forward, 2026-03-08: the local day is 23 hours long (05:00Z to 04:00Z).
+        (datetime(2026, 3, 8, 4, 59), "2026-03-07"),
+        (datetime(2026, 3, 8, 5, 0), "2026-03-08"),
+        (datetime(2026, 3, 9, 3, 59), "2026-03-08"),
+        (datetime(2026, 3, 9, 4, 0), "2026-03-09"),
+        # Fall back, 2026-11-01: the local day is 25 hours long (04:00Z to 05:00Z).
+        (datetime(2026, 11, 1, 3, 59), "2026-10-31"),
+        (datetime(2026, 11, 1, 4, 0), "2026-11-01"),
+        (datetime(2026, 11, 2, 4, 59), "2026-11-01"),
+        (datetime(2026, 11, 2, 5, 0), "2026-11-02"),
+    ],
+)
+def test_day_boundaries_follow_daylight_saving(
+    make_dbs: Callable[..., Databases], created_utc: datetime, local_day: str
+) -> None:
+    dbs = make_dbs(timezone="America/New_York")
+    dbs.source.requests.insert_one(make_request(createdAt=created_utc))
+    day = date.fromisoformat(local_day)
+    rollup.run_backfill(dbs, day - timedelta(days=1), day + timedelta(days=1), NOW, clock)
+    assert [r["day"] for r in rows(dbs)] == [local_day]
+
+
+def test_rerunning_a_range_gives_identical_rows(dbs: Databases) -> None:
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=datetime(2026, 10, d, h)) for d in (12, 13, 14) for h in (1, 9)]
+    )
+    backfill(dbs, "2026-10-10", "2026-10-16")
+    first = rows(dbs)
+    second_run = backfill(dbs, "2026-10-10", "2026-10-16")
+    assert rows(dbs) == first
+    assert len(first) == 3
+    assert second_run.stats.rows_removed == 0
+
+
+def test_a_vanished_group_is_removed(dbs: Databases) -> None:
+    dbs.source.requests.insert_many([make_request(), make_request(id_organization=ORG_B)])
+    backfill(dbs)
+    assert len(rows(dbs)) == 2
+    dbs.source.requests.update_one({"id_organization": ORG_B}, {"$set": {"isTestMode": True}})
+    result = backfill(dbs)
+    assert counts(dbs) == {(str(ORG_A), BOT_1, DAY): 1}
+    assert (result.stats.rows_written, result.stats.rows_removed) == (1, 1)
+
+
+def test_malformed_documents_are_skipped_by_reason(dbs: Databases) -> None:
+    dbs.source.requests.insert_many(
+        [
+            make_request(),
+            make_request(id_organization=DROP),
+            make_request(id_organization="not-an-id"),
+            make_request(id_organization=str(ORG_B).upper()),  # a usable string id
+            make_request(createdAt="2026-10-14T10:00:00"),
+            make_request(createdAt=None),
+            make_request(attributes="junk"),
+            make_request(attributes=[{"bot_id": BOT_2}]),
+            make_request(attributes={"bot_id": ""}),
+            make_request(attributes={"bot_id": {"nested": 1}}),
+            make_request(depth=10**12),
+            make_request(depth="7"),  # not a number: not billable
+            make_request(participantsAgents="agent_1"),  # not a list: no handoff
+        ]
+    )
+    result = backfill(dbs)
+    assert dict(result.stats.skipped) == {
+        "no_organization": 2,
+        "bad_created_at": 2,
+        "depth_out_of_range": 1,
+    }
+    org_a = str(ORG_A)
+    assert counts(dbs) == {
+        (org_a, BOT_1, DAY): 2,
+        (org_a, "unattributed", DAY): 4,
+        (str(ORG_B), BOT_1, DAY): 1,
+    }
+    run = dbs.rollup.etl_runs.find_one({"_id": result.run_id})
+    assert run is not None
+    assert run["status"] == "ok"
+    assert run["skipped"] == {"bad_created_at": 2, "depth_out_of_range": 1, "no_organization": 2}
+    assert run["filter"] == {"status": 1000, "depth_gt": 2, "exclude_test_mode": True}
+
+
+def test_billable_filter_values_are_settings(make_dbs: Callable[..., Databases]) -> None:
+    dbs = make_dbs(billable_min_depth=5, exclude_test_mode=False)
+    dbs.source.requests.insert_many(
+        [make_request(depth=5), make_request(depth=6), make_request(depth=6, isTestMode=True)]
+    )
+    assert backfill(dbs).stats.conversations == 2
+
+
+def test_backfill_record_says_what_it_did(dbs: Databases, settings: Settings) -> None:
+    dbs.source.requests.insert_many([make_request(), make_request(depth=9)])
+    result = backfill(dbs, "2026-10-13", "2026-10-15")
+    run = dbs.rollup.etl_runs.find_one({"_id": result.run_id})
+    assert run is not None
+    assert run["kind"] == "backfill"
+    assert run["range"] == ["2026-10-13", "2026-10-15"]
+    assert (run["days_recomputed"], run["rows_written"], run["conversations_counted"]) == (3, 1, 2)
+    assert run["timezone"] == "UTC"
+    assert run["finished_at"] == NOW
+    assert dbs.usage_daily().find_one()["messages"] == 14  # type: ignore[index]
