@@ -1,0 +1,246 @@
+"""The usage API through the TestClient, on rows written straight into `usage_daily`."""
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+import pytest
+from bson import ObjectId
+from fastapi.testclient import TestClient
+
+from api import auth
+from api.app import create_app
+from etl.db import Databases
+from tests.factories import BOT_1, BOT_2, make_row
+
+NOW = datetime(2026, 11, 25, 12, 0)
+A, B, INTERNAL = "65e18830a0616000137bb854", "65e18830a0616000137bb855", "65e18830a0616000137bb8ff"
+ROWS = [
+    make_row(A, BOT_1, "2026-10-05", 3, 30, 1),
+    make_row(A, BOT_1, "2026-10-20", 2, 10, 0),
+    make_row(A, "unattributed", "2026-10-06", 1, 4, 0),
+    make_row(B, BOT_2, "2026-09-30", 5, 50, 2),
+    make_row(INTERNAL, BOT_1, "2026-10-07", 100, 900, 0),
+]
+
+
+class Api:
+    def __init__(self, client: TestClient, dbs: Databases) -> None:
+        self.client = client
+        self.dbs = dbs
+        self.staff = auth.create_key(dbs.rollup, "staff", None, NOW)[1]
+        self.customer_a = auth.create_key(dbs.rollup, "GIC", A, NOW)[1]
+
+    def get(self, path: str, key: str | None = "staff", **params: object) -> object:
+        secret = {"staff": self.staff, "a": self.customer_a}.get(key or "", key)
+        headers = {"Authorization": f"Bearer {secret}"} if key else {}
+        return self.client.get(path, params=params, headers=headers)
+
+    def usage(self, key: str | None = "staff", **params: object) -> dict[str, object]:
+        response = self.get("/api/aggregations/usage", key, **params)
+        assert response.status_code == 200, response.text  # type: ignore[attr-defined]
+        return response.json()  # type: ignore[attr-defined,no-any-return]
+
+
+def add_run(dbs: Databases, through: str, finished: datetime) -> None:
+    dbs.rollup.etl_runs.insert_one(
+        {"kind": "nightly", "status": "ok", "started_at": finished, "finished_at": finished,
+         "complete_through": through}
+    )
+
+
+@pytest.fixture
+def api(make_dbs: Callable[..., Databases]) -> Iterator[Api]:
+    dbs = make_dbs(internal_org_ids=[INTERNAL])
+    dbs.usage_daily().insert_many([dict(row) for row in ROWS])
+    dbs.source.organizations.insert_many(
+        [{"_id": ObjectId(A), "name": "GIC"}, {"_id": B, "name": "Northwind"}]
+    )
+    dbs.source.faq_kbs.insert_one({"_id": ObjectId(BOT_1), "name": "Support Bot"})
+    add_run(dbs, "2026-11-24", datetime(2026, 11, 25, 2, 30))
+    with TestClient(create_app(dbs, clock=lambda: NOW)) as client:
+        yield Api(client, dbs)
+
+
+def conversations(row: dict[str, object]) -> list[int]:
+    return [cell["conversations"] for cell in row["buckets"]]  # type: ignore[attr-defined,index]
+
+
+def test_platform_default_is_six_full_months_by_organization(api: Api) -> None:
+    body = api.usage()
+    assert (body["start"], body["end"], body["granularity"]) == ("2026-05-01", "2026-10-31", "month")
+    assert [b["label"] for b in body["buckets"]] == [  # type: ignore[attr-defined]
+        "May 2026", "Jun 2026", "Jul 2026", "Aug 2026", "Sep 2026", "Oct 2026"
+    ]
+    rows = body["rows"]
+    assert [(r["id"], r["name"], r["totals"]) for r in rows] == [  # type: ignore[attr-defined]
+        (A, "GIC", {"conversations": 6, "messages": 44, "handoffs": 1}),
+        (B, "Northwind", {"conversations": 5, "messages": 50, "handoffs": 2}),
+    ]
+    assert conversations(rows[0]) == [0, 0, 0, 0, 0, 6]  # type: ignore[index]
+    assert conversations(body["total"]) == [0, 0, 0, 0, 5, 6]  # type: ignore[arg-type]
+    assert body["total"]["totals"] == {"conversations": 11, "messages": 94, "handoffs": 3}  # type: ignore[index]
+    assert body["data_through"] == "2026-11-24"
+    assert body["metrics"] == ["conversations", "messages", "handoffs"]
+
+
+def test_staff_can_include_internal_organizations(api: Api) -> None:
+    body = api.usage(include_internal="true")
+    assert [r["id"] for r in body["rows"]] == [INTERNAL, A, B]  # type: ignore[attr-defined]
+    assert body["total"]["totals"]["conversations"] == 111  # type: ignore[index]
+
+
+def test_org_scope_rows_are_agents_with_names_and_unattributed(api: Api) -> None:
+    body = api.usage(scope="org", org_id=A, start="2026-10-01", end="2026-10-31")
+    assert body["granularity"] == "week"
+    assert [(r["id"], r["name"]) for r in body["rows"]] == [  # type: ignore[attr-defined]
+        (BOT_1, "Support Bot"),
+        ("unattributed", "Unattributed"),
+    ]
+    buckets = body["buckets"]
+    assert (buckets[0]["label"], buckets[0]["partial"]) == ("Oct 1 – 4", True)  # type: ignore[index]
+    assert (buckets[-1]["label"], buckets[-1]["partial"]) == ("Oct 26 – 31", True)  # type: ignore[index]
+    assert conversations(body["rows"][0]) == [0, 3, 0, 2, 0]  # type: ignore[index]
+    assert conversations(body["total"]) == [0, 4, 0, 2, 0]  # type: ignore[arg-type]
+
+
+def test_agent_scope_is_one_row_daily_with_zeros(api: Api) -> None:
+    body = api.usage(scope="agent", org_id=A, agent_id=BOT_1, start="2026-10-01", end="2026-10-07")
+    assert body["granularity"] == "day"
+    (row,) = body["rows"]  # type: ignore[misc]
+    assert conversations(row) == [0, 0, 0, 0, 3, 0, 0]
+    idle = api.usage(scope="agent", org_id=A, agent_id=BOT_2, start="2026-10-01", end="2026-10-07")
+    (row,) = idle["rows"]  # type: ignore[misc]
+    assert (row["id"], row["name"], conversations(row)) == (BOT_2, BOT_2, [0] * 7)
+
+
+def test_totals_equal_the_sum_of_rows(api: Api) -> None:
+    body = api.usage(start="2026-09-01", end="2026-10-31", include_internal="true")
+    for metric in ("conversations", "messages", "handoffs"):
+        assert body["total"]["totals"][metric] == sum(  # type: ignore[index]
+            r["totals"][metric] for r in body["rows"]  # type: ignore[attr-defined]
+        )
+
+
+def test_customer_key_lands_on_its_own_organization(api: Api) -> None:
+    body = api.usage(key="a")
+    assert (body["scope"], body["org_id"]) == ("org", A)
+    assert (body["start"], body["end"]) == ("2026-10-27", "2026-11-25")
+    body = api.usage(key="a", start="2026-09-01", end="2026-10-31")
+    assert {r["id"] for r in body["rows"]} == {BOT_1, "unattributed"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"scope": "org", "org_id": B},
+        {"scope": "platform", "org_id": B},
+        {"scope": "agent", "org_id": B, "agent_id": BOT_2},
+        {"scope": "org", "org_id": INTERNAL},
+        {"include_internal": "true"},
+        {"scope": "org", "org_id": A, "include_internal": "true"},
+    ],
+)
+def test_customer_key_cannot_read_other_org(api: Api, params: dict[str, str]) -> None:
+    response = api.get("/api/aggregations/usage", "a", **params)
+    assert response.status_code == 403  # type: ignore[attr-defined]
+    csv = api.get("/api/aggregations/usage.csv", "a", **params)
+    assert csv.status_code == 403  # type: ignore[attr-defined]
+
+
+def test_customer_key_may_spell_its_own_id_in_capitals(api: Api) -> None:
+    assert api.usage(key="a", scope="org", org_id=A.upper())["org_id"] == A
+
+
+def test_missing_unknown_and_revoked_keys_get_401(api: Api) -> None:
+    assert api.get("/api/aggregations/usage", None).status_code == 401  # type: ignore[attr-defined]
+    assert api.get("/api/aggregations/usage", "usk_nope").status_code == 401  # type: ignore[attr-defined]
+    key_id, secret = auth.create_key(api.dbs.rollup, "temp", None, NOW)
+    assert api.get("/api/aggregations/usage", secret).status_code == 200  # type: ignore[attr-defined]
+    auth.revoke_key(api.dbs.rollup, key_id, NOW)
+    assert api.get("/api/aggregations/usage", secret).status_code == 401  # type: ignore[attr-defined]
+
+
+def test_keys_are_stored_only_as_hashes(api: Api) -> None:
+    stored = str(list(api.dbs.rollup.api_keys.find()))
+    assert api.staff not in stored and api.customer_a not in stored
+    assert auth.hash_key(api.staff) in stored
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter"),
+    [
+        ({"start": "2026-02-30"}, "start"),
+        ({"end": "yesterday"}, "end"),
+        ({"start": "2026-10-05", "end": "2026-10-01"}, "start"),
+        ({"start": "2024-01-01", "end": "2026-01-01"}, "end"),
+        ({"scope": "org"}, "org_id"),
+        ({"scope": "org", "org_id": "12345"}, "org_id"),
+        ({"scope": "agent", "org_id": A}, "agent_id"),
+        ({"scope": "agent", "org_id": A, "agent_id": "robot!"}, "agent_id"),
+        ({"scope": "galaxy"}, "scope"),
+        ({"granularity": "hour"}, "granularity"),
+        ({"include_internal": "perhaps"}, "include_internal"),
+    ],
+)
+def test_bad_parameters_get_422_naming_the_parameter(
+    api: Api, params: dict[str, str], parameter: str
+) -> None:
+    response = api.get("/api/aggregations/usage", **params)
+    assert response.status_code == 422  # type: ignore[attr-defined]
+    body = response.json()  # type: ignore[attr-defined]
+    assert body["parameter"] == parameter
+    assert body["detail"].startswith(f"{parameter}: ")
+
+
+def test_csv_is_the_same_query_as_an_attachment(api: Api) -> None:
+    response = api.get(
+        "/api/aggregations/usage.csv", start="2026-09-01", end="2026-10-31", metric="messages"
+    )
+    assert response.status_code == 200  # type: ignore[attr-defined]
+    assert response.headers["content-disposition"] == (  # type: ignore[attr-defined]
+        'attachment; filename="usage-platform-2026-09-01-to-2026-10-31-month-messages.csv"'
+    )
+    assert response.text.splitlines() == [  # type: ignore[attr-defined]
+        "id,name,Sep 2026,Oct 2026,total",
+        f"{A},GIC,0,44,44",  # rows by conversations: 6 before 5
+        f"{B},Northwind,50,0,50",
+        ",Total,50,44,94",
+    ]
+
+
+def test_a_new_run_invalidates_cached_responses(api: Api) -> None:
+    before = api.usage()
+    api.dbs.usage_daily().update_one({"_id": ROWS[0]["_id"]}, {"$inc": {"conversations": 10}})
+    assert api.usage() == before  # served from the cache: no run completed
+    add_run(api.dbs, "2026-11-25", datetime(2026, 11, 25, 13, 0))
+    after = api.usage()
+    assert after["rows"][0]["totals"]["conversations"] == 16  # type: ignore[index]
+    assert after["data_through"] == "2026-11-25"
+
+
+def test_health_reports_the_database_and_the_last_run(api: Api) -> None:
+    body = api.get("/api/health", None).json()  # type: ignore[attr-defined]
+    assert body == {
+        "database": "ok",
+        "data_through": "2026-11-24",
+        "last_run_status": "ok",
+        "last_run_finished_at": "2026-11-25T02:30:00Z",
+    }
+
+
+def test_an_unreachable_database_gets_503_not_500(
+    make_dbs: Callable[..., Databases], dead_uri: str
+) -> None:
+    dbs = make_dbs(server_selection_timeout_ms=200)
+    from etl.db import connect
+
+    down = connect(dbs.settings, dead_uri)
+    try:
+        with TestClient(create_app(down, clock=lambda: NOW)) as client:
+            auth_header = {"Authorization": "Bearer usk_whatever"}
+            usage = client.get("/api/aggregations/usage", headers=auth_header)
+            assert usage.status_code == 503
+            assert usage.json() == {"detail": "the database is unavailable; try again"}
+            assert client.get("/api/health").status_code == 503
+    finally:
+        down.close()
