@@ -149,3 +149,19 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme(repo_root: 
         assert f"usage {name}" in readme, name
     for name, callback in callbacks.items():
         assert callback.__doc__ and "Example: usage" in callback.__doc__, name
+
+
+def test_keys_are_created_listed_and_revoked(dbs: Databases) -> None:
+    env = env_for(dbs)
+    created = usage("keys", "create", "--org", "65E18830A0616000137BB854", "--name", "GIC", env=env)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.split()[-1]
+    key_id = created.stdout.split()[2].rstrip(";")
+    assert secret.startswith("usk_") and len(secret) > 40
+    listed = usage("keys", "list", env=env)
+    assert key_id in listed.stdout and "org 65e18830a0616000137bb854" in listed.stdout
+    assert secret not in listed.stdout
+    assert usage("keys", "revoke", key_id, env=env).returncode == 0
+    again = usage("keys", "revoke", key_id, env=env)
+    assert again.returncode == 1 and key_id in one_line(again.stderr)
+    assert usage("keys", "create", "--name", "both", env=env).returncode == 2
