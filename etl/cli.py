@@ -378,10 +378,11 @@ def main() -> None:
         err.print("interrupted; run the same command again to finish")
         code = 130
     except typer.TyperException as exc:
-        message = getattr(exc, "format_message", lambda: str(exc))()
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         err.print(f"error: {message}", markup=False, soft_wrap=True)
         code = getattr(exc, "exit_code", EXIT_USAGE)
     sys.exit(code if isinstance(code, int) else 0)
+
 
 if __name__ == "__main__":
     main()

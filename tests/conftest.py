@@ -10,6 +10,8 @@ import pytest
 from etl.db import Databases, connect, embedded_server
 from etl.settings import Settings
 
+pytest_plugins = ["tests.live"]
+
 
 @pytest.fixture(scope="session")
 def server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -28,7 +30,7 @@ def make_settings(uri: str, **overrides: object) -> Settings:
         "server_selection_timeout_ms": 3000,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)
 
 
 @pytest.fixture

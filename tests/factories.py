@@ -35,8 +35,9 @@ def make_request(**overrides: Any) -> dict[str, Any]:
 DROP = object()
 
 
-def make_row(org: str, agent: str, day: str, conversations: int, messages: int = 0,
-             handoffs: int = 0) -> dict[str, Any]:
+def make_row(
+    org: str, agent: str, day: str, conversations: int, messages: int = 0, handoffs: int = 0
+) -> dict[str, Any]:
     """A usage_daily row, as the rollup stores it."""
     return {
         "_id": f"{org}:{agent}:{day}",

@@ -37,14 +37,19 @@ class Api:
 
     def usage(self, key: str | None = "staff", **params: object) -> dict[str, object]:
         response = self.get("/api/aggregations/usage", key, **params)
-        assert response.status_code == 200, response.text  # type: ignore[attr-defined]
-        return response.json()  # type: ignore[attr-defined,no-any-return]
+        assert response.status_code == 200, response.text
+        return response.json()
 
 
 def add_run(dbs: Databases, through: str, finished: datetime) -> None:
     dbs.rollup.etl_runs.insert_one(
-        {"kind": "nightly", "status": "ok", "started_at": finished, "finished_at": finished,
-         "complete_through": through}
+        {
+            "kind": "nightly",
+            "status": "ok",
+            "started_at": finished,
+            "finished_at": finished,
+            "complete_through": through,
+        }
     )
 
 
@@ -62,63 +67,70 @@ def api(make_dbs: Callable[..., Databases]) -> Iterator[Api]:
 
 
 def conversations(row: dict[str, object]) -> list[int]:
-    return [cell["conversations"] for cell in row["buckets"]]  # type: ignore[attr-defined,index]
+    return [cell["conversations"] for cell in row["buckets"]]
 
 
 def test_platform_default_is_six_full_months_by_organization(api: Api) -> None:
     body = api.usage()
-    assert (body["start"], body["end"], body["granularity"]) == ("2026-05-01", "2026-10-31", "month")
-    assert [b["label"] for b in body["buckets"]] == [  # type: ignore[attr-defined]
-        "May 2026", "Jun 2026", "Jul 2026", "Aug 2026", "Sep 2026", "Oct 2026"
+    assert (body["start"], body["end"], body["granularity"]) == (
+        "2026-05-01",
+        "2026-10-31",
+        "month",
+    )
+    assert [b["label"] for b in body["buckets"]] == [
+        "May 2026",
+        "Jun 2026",
+        "Jul 2026",
+        "Aug 2026",
+        "Sep 2026",
+        "Oct 2026",
     ]
     rows = body["rows"]
-    assert [(r["id"], r["name"], r["totals"]) for r in rows] == [  # type: ignore[attr-defined]
+    assert [(r["id"], r["name"], r["totals"]) for r in rows] == [
         (A, "GIC", {"conversations": 6, "messages": 44, "handoffs": 1}),
         (B, "Northwind", {"conversations": 5, "messages": 50, "handoffs": 2}),
     ]
-    assert conversations(rows[0]) == [0, 0, 0, 0, 0, 6]  # type: ignore[index]
-    assert conversations(body["total"]) == [0, 0, 0, 0, 5, 6]  # type: ignore[arg-type]
-    assert body["total"]["totals"] == {"conversations": 11, "messages": 94, "handoffs": 3}  # type: ignore[index]
+    assert conversations(rows[0]) == [0, 0, 0, 0, 0, 6]
+    assert conversations(body["total"]) == [0, 0, 0, 0, 5, 6]
+    assert body["total"]["totals"] == {"conversations": 11, "messages": 94, "handoffs": 3}
     assert body["data_through"] == "2026-11-24"
     assert body["metrics"] == ["conversations", "messages", "handoffs"]
 
 
 def test_staff_can_include_internal_organizations(api: Api) -> None:
     body = api.usage(include_internal="true")
-    assert [r["id"] for r in body["rows"]] == [INTERNAL, A, B]  # type: ignore[attr-defined]
-    assert body["total"]["totals"]["conversations"] == 111  # type: ignore[index]
+    assert [r["id"] for r in body["rows"]] == [INTERNAL, A, B]
+    assert body["total"]["totals"]["conversations"] == 111
 
 
 def test_org_scope_rows_are_agents_with_names_and_unattributed(api: Api) -> None:
     body = api.usage(scope="org", org_id=A, start="2026-10-01", end="2026-10-31")
     assert body["granularity"] == "week"
-    assert [(r["id"], r["name"]) for r in body["rows"]] == [  # type: ignore[attr-defined]
+    assert [(r["id"], r["name"]) for r in body["rows"]] == [
         (BOT_1, "Support Bot"),
         ("unattributed", "Unattributed"),
     ]
     buckets = body["buckets"]
-    assert (buckets[0]["label"], buckets[0]["partial"]) == ("Oct 1 – 4", True)  # type: ignore[index]
-    assert (buckets[-1]["label"], buckets[-1]["partial"]) == ("Oct 26 – 31", True)  # type: ignore[index]
-    assert conversations(body["rows"][0]) == [0, 3, 0, 2, 0]  # type: ignore[index]
-    assert conversations(body["total"]) == [0, 4, 0, 2, 0]  # type: ignore[arg-type]
+    assert (buckets[0]["label"], buckets[0]["partial"]) == ("Oct 1 – 4", True)
+    assert (buckets[-1]["label"], buckets[-1]["partial"]) == ("Oct 26 – 31", True)
+    assert conversations(body["rows"][0]) == [0, 3, 0, 2, 0]
+    assert conversations(body["total"]) == [0, 4, 0, 2, 0]
 
 
 def test_agent_scope_is_one_row_daily_with_zeros(api: Api) -> None:
     body = api.usage(scope="agent", org_id=A, agent_id=BOT_1, start="2026-10-01", end="2026-10-07")
     assert body["granularity"] == "day"
-    (row,) = body["rows"]  # type: ignore[misc]
+    (row,) = body["rows"]
     assert conversations(row) == [0, 0, 0, 0, 3, 0, 0]
     idle = api.usage(scope="agent", org_id=A, agent_id=BOT_2, start="2026-10-01", end="2026-10-07")
-    (row,) = idle["rows"]  # type: ignore[misc]
+    (row,) = idle["rows"]
     assert (row["id"], row["name"], conversations(row)) == (BOT_2, BOT_2, [0] * 7)
 
 
 def test_totals_equal_the_sum_of_rows(api: Api) -> None:
     body = api.usage(start="2026-09-01", end="2026-10-31", include_internal="true")
     for metric in ("conversations", "messages", "handoffs"):
-        assert body["total"]["totals"][metric] == sum(  # type: ignore[index]
-            r["totals"][metric] for r in body["rows"]  # type: ignore[attr-defined]
-        )
+        assert body["total"]["totals"][metric] == sum(r["totals"][metric] for r in body["rows"])
 
 
 def test_customer_key_lands_on_its_own_organization(api: Api) -> None:
@@ -126,7 +138,7 @@ def test_customer_key_lands_on_its_own_organization(api: Api) -> None:
     assert (body["scope"], body["org_id"]) == ("org", A)
     assert (body["start"], body["end"]) == ("2026-10-27", "2026-11-25")
     body = api.usage(key="a", start="2026-09-01", end="2026-10-31")
-    assert {r["id"] for r in body["rows"]} == {BOT_1, "unattributed"}  # type: ignore[attr-defined]
+    assert {r["id"] for r in body["rows"]} == {BOT_1, "unattributed"}
 
 
 @pytest.mark.parametrize(
@@ -142,9 +154,9 @@ def test_customer_key_lands_on_its_own_organization(api: Api) -> None:
 )
 def test_customer_key_cannot_read_other_org(api: Api, params: dict[str, str]) -> None:
     response = api.get("/api/aggregations/usage", "a", **params)
-    assert response.status_code == 403  # type: ignore[attr-defined]
+    assert response.status_code == 403
     csv = api.get("/api/aggregations/usage.csv", "a", **params)
-    assert csv.status_code == 403  # type: ignore[attr-defined]
+    assert csv.status_code == 403
 
 
 def test_customer_key_may_spell_its_own_id_in_capitals(api: Api) -> None:
@@ -152,12 +164,12 @@ def test_customer_key_may_spell_its_own_id_in_capitals(api: Api) -> None:
 
 
 def test_missing_unknown_and_revoked_keys_get_401(api: Api) -> None:
-    assert api.get("/api/aggregations/usage", None).status_code == 401  # type: ignore[attr-defined]
-    assert api.get("/api/aggregations/usage", "usk_nope").status_code == 401  # type: ignore[attr-defined]
+    assert api.get("/api/aggregations/usage", None).status_code == 401
+    assert api.get("/api/aggregations/usage", "usk_nope").status_code == 401
     key_id, secret = auth.create_key(api.dbs.rollup, "temp", None, NOW)
-    assert api.get("/api/aggregations/usage", secret).status_code == 200  # type: ignore[attr-defined]
+    assert api.get("/api/aggregations/usage", secret).status_code == 200
     auth.revoke_key(api.dbs.rollup, key_id, NOW)
-    assert api.get("/api/aggregations/usage", secret).status_code == 401  # type: ignore[attr-defined]
+    assert api.get("/api/aggregations/usage", secret).status_code == 401
 
 
 def test_keys_are_stored_only_as_hashes(api: Api) -> None:
@@ -186,8 +198,8 @@ def test_bad_parameters_get_422_naming_the_parameter(
     api: Api, params: dict[str, str], parameter: str
 ) -> None:
     response = api.get("/api/aggregations/usage", **params)
-    assert response.status_code == 422  # type: ignore[attr-defined]
-    body = response.json()  # type: ignore[attr-defined]
+    assert response.status_code == 422
+    body = response.json()
     assert body["parameter"] == parameter
     assert body["detail"].startswith(f"{parameter}: ")
 
@@ -196,11 +208,11 @@ def test_csv_is_the_same_query_as_an_attachment(api: Api) -> None:
     response = api.get(
         "/api/aggregations/usage.csv", start="2026-09-01", end="2026-10-31", metric="messages"
     )
-    assert response.status_code == 200  # type: ignore[attr-defined]
-    assert response.headers["content-disposition"] == (  # type: ignore[attr-defined]
+    assert response.status_code == 200
+    assert response.headers["content-disposition"] == (
         'attachment; filename="usage-platform-2026-09-01-to-2026-10-31-month-messages.csv"'
     )
-    assert response.text.splitlines() == [  # type: ignore[attr-defined]
+    assert response.text.splitlines() == [
         "id,name,Sep 2026,Oct 2026,total",
         f"{A},GIC,0,44,44",  # rows by conversations: 6 before 5
         f"{B},Northwind,50,0,50",
@@ -214,12 +226,12 @@ def test_a_new_run_invalidates_cached_responses(api: Api) -> None:
     assert api.usage() == before  # served from the cache: no run completed
     add_run(api.dbs, "2026-11-25", datetime(2026, 11, 25, 13, 0))
     after = api.usage()
-    assert after["rows"][0]["totals"]["conversations"] == 16  # type: ignore[index]
+    assert after["rows"][0]["totals"]["conversations"] == 16
     assert after["data_through"] == "2026-11-25"
 
 
 def test_health_reports_the_database_and_the_last_run(api: Api) -> None:
-    body = api.get("/api/health", None).json()  # type: ignore[attr-defined]
+    body = api.get("/api/health", None).json()
     assert body == {
         "database": "ok",
         "data_through": "2026-11-24",

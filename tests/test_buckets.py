@@ -35,7 +35,7 @@ def test_auto_granularity_by_range_length(start: str, end: str, expected: str) -
     ],
 )
 def test_default_ranges(scope: str, today: str, expected: tuple[str, str]) -> None:
-    first, last = default_range(scope, D(today))  # type: ignore[arg-type]
+    first, last = default_range(scope, D(today))
     assert (first.isoformat(), last.isoformat()) == expected
 
 
@@ -74,7 +74,9 @@ def test_weeks_cross_the_year() -> None:
 
 def test_monthly_buckets_across_a_year_with_partial_edges() -> None:
     buckets = make_buckets(D("2025-11-15"), D("2026-02-10"), "month", MONDAY)
-    assert [(b.key, b.label, b.start.isoformat(), b.end.isoformat(), b.partial) for b in buckets] == [
+    assert [
+        (b.key, b.label, b.start.isoformat(), b.end.isoformat(), b.partial) for b in buckets
+    ] == [
         ("2025-11", "Nov 2025", "2025-11-15", "2025-11-30", True),
         ("2025-12", "Dec 2025", "2025-12-01", "2025-12-31", False),
         ("2026-01", "Jan 2026", "2026-01-01", "2026-01-31", False),

@@ -104,7 +104,9 @@ def test_a_busy_lock_exits_3_naming_the_holder(dbs: Databases) -> None:
 def test_verify_exits_1_on_drift_and_repair_fixes_it(dbs: Databases) -> None:
     dbs.source.requests.insert_one(make_request(createdAt=datetime(2026, 10, 3, 9)))
     env = env_for(dbs)
-    assert usage("backfill", "--start", "2026-10-01", "--end", "2026-10-05", env=env).returncode == 0
+    assert (
+        usage("backfill", "--start", "2026-10-01", "--end", "2026-10-05", env=env).returncode == 0
+    )
     assert usage("verify", "--start", "2026-10-01", "--end", "2026-10-05", env=env).returncode == 0
     dbs.source.requests.delete_many({})
     drift = usage("verify", "--start", "2026-10-01", "--end", "2026-10-05", env=env)
@@ -135,7 +137,9 @@ def test_indexes_are_reported_then_created(dbs: Databases) -> None:
 
 def command_names() -> list[str]:
     names = [cmd.name or "" for cmd in app.registered_commands]
-    names += [f"keys {cmd.name}" for cmd in app.registered_groups[0].typer_instance.registered_commands]  # type: ignore[union-attr]
+    names += [
+        f"keys {cmd.name}" for cmd in app.registered_groups[0].typer_instance.registered_commands
+    ]
     return names
 
 

@@ -25,9 +25,7 @@ def test_first_nightly_recomputes_the_lookback_window_and_today(dbs: Databases) 
 
 def test_late_close_of_an_old_conversation_is_picked_up(dbs: Databases) -> None:
     created = datetime(2026, 10, 1, 9, 0)
-    dbs.source.requests.insert_one(
-        make_request(createdAt=created, status=200, updatedAt=created)
-    )
+    dbs.source.requests.insert_one(make_request(createdAt=created, status=200, updatedAt=created))
     first = datetime(2026, 10, 12, 2, 0)
     nightly(dbs, first)
     dbs.source.requests.update_one(
@@ -43,7 +41,7 @@ def test_late_close_of_an_old_conversation_is_picked_up(dbs: Databases) -> None:
 
 
 def test_missed_nights_are_caught_up(make_dbs: object) -> None:
-    dbs = make_dbs(lookback_days=1)  # type: ignore[operator]
+    dbs = make_dbs(lookback_days=1)
     nightly(dbs, datetime(2026, 10, 10, 2, 0))
     # The job did not run for five nights; a conversation was created meanwhile.
     dbs.source.requests.insert_one(make_request(createdAt=datetime(2026, 10, 12, 15, 0)))

@@ -20,9 +20,7 @@ def clock() -> datetime:
 
 
 def backfill(dbs: Databases, first: str = DAY, last: str = DAY) -> rollup.RunResult:
-    return rollup.run_backfill(
-        dbs, date.fromisoformat(first), date.fromisoformat(last), NOW, clock
-    )
+    return rollup.run_backfill(dbs, date.fromisoformat(first), date.fromisoformat(last), NOW, clock)
 
 
 def rows(dbs: Databases) -> list[dict[str, object]]:
@@ -68,7 +66,9 @@ def test_attribution_uses_bot_id_never_participants_bots(dbs: Databases) -> None
         ({"status": 200}, False),
     ],
 )
-def test_billable_filter_edges(dbs: Databases, overrides: dict[str, object], billable: bool) -> None:
+def test_billable_filter_edges(
+    dbs: Databases, overrides: dict[str, object], billable: bool
+) -> None:
     dbs.source.requests.insert_one(make_request(**overrides))
     result = backfill(dbs)
     assert result.stats.conversations == (1 if billable else 0)
@@ -177,4 +177,4 @@ def test_backfill_record_says_what_it_did(dbs: Databases, settings: Settings) ->
     assert (run["days_recomputed"], run["rows_written"], run["conversations_counted"]) == (3, 1, 2)
     assert run["timezone"] == "UTC"
     assert run["finished_at"] == NOW
-    assert dbs.usage_daily().find_one()["messages"] == 14  # type: ignore[index]
+    assert dbs.usage_daily().find_one()["messages"] == 14

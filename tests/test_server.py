@@ -3,53 +3,14 @@
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 
-from api import auth
-from api.server import make_server, start_in_thread
-from etl import rollup, sample
-from etl.db import Databases
+from etl import rollup
 from etl.jobs import utcnow
-from tests.conftest import free_port
-
-SPEC = sample.SampleSpec(organizations=4, internal=1, agents_per_org=2, per_day=12, days=40)
-
-
-class Live:
-    def __init__(self, base: str, dbs: Databases, key: str) -> None:
-        self.base, self.dbs, self.key = base, dbs, key
-
-    def get(self, path: str, key: str | None = None) -> tuple[int, dict[str, object]]:
-        request = urllib.request.Request(
-            self.base + path, headers={"Authorization": f"Bearer {key or self.key}"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, json.loads(exc.read())
-
-
-@pytest.fixture
-def live(dbs: Databases) -> Iterator[Live]:
-    now = utcnow()
-    sample.load_sample(dbs, SPEC, now)
-    today = rollup.local_today(now, dbs.settings)
-    rollup.run_backfill(dbs, today - timedelta(days=SPEC.days), today, now, utcnow)
-    rollup.run_nightly(dbs, utcnow(), utcnow)
-    key = auth.create_key(dbs.rollup, "staff", None, now)[1]
-    port = free_port()
-    server = make_server(dbs, "127.0.0.1", port, log_level="warning")
-    thread = start_in_thread(server)
-    yield Live(f"http://127.0.0.1:{port}", dbs, key)
-    server.should_exit = True
-    thread.join(timeout=10)
+from tests.live import Live
 
 
 def test_the_platform_view_matches_an_independent_count(live: Live) -> None:
@@ -71,7 +32,7 @@ def test_the_platform_view_matches_an_independent_count(live: Live) -> None:
         if org is None or len(str(org)) != 24 or str(org).lower() in internal:
             continue
         expected += 1
-    assert body["total"]["totals"]["conversations"] == expected  # type: ignore[index]
+    assert body["total"]["totals"]["conversations"] == expected
     assert body["data_through"] == (today - timedelta(days=1)).isoformat()
 
 

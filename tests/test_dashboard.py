@@ -1,0 +1,155 @@
+"""The dashboard in headless Chromium against the real server and the embedded database."""
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.live import Live
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def page(live: Live) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is not installed: apt-get install chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        context = browser.new_context(
+            accept_downloads=True, viewport={"width": 1400, "height": 900}
+        )
+        page = context.new_page()
+        page.set_default_timeout(15000)
+        yield page
+        context.close()
+        browser.close()
+
+
+def sign_in(page: object, live: Live, key: str) -> None:
+    page.goto(live.base + "/")
+    page.fill("#key-input", key)
+    page.click("#key-form button[type=submit]")
+
+
+def api(live: Live, key: str | None = None, **params: str) -> dict[str, object]:
+    status, body = live.get("/api/aggregations/usage?" + urlencode(params), key)
+    assert status == 200
+    return body
+
+
+def numbers(texts: list[str]) -> list[int]:
+    return [int(t.replace(",", "")) for t in texts]
+
+
+def shown_rows(page: object) -> list[list[str]]:
+    rows = page.locator("#table tbody tr.org")
+    return [rows.nth(i).locator("td").all_inner_texts() for i in range(rows.count())]
+
+
+def test_the_platform_view_shows_the_apis_numbers(page: object, live: Live) -> None:
+    sign_in(page, live, live.key)
+    page.wait_for_selector("#table tbody tr.org")
+    start = page.evaluate("presetRange('6m', new Date())")
+    body = api(live, start=start[0], end=start[1], granularity="auto")
+    rows = shown_rows(page)
+    expected = [
+        [
+            row["name"],
+            *[str(c["conversations"]) for c in row["buckets"]],
+            str(row["totals"]["conversations"]),
+        ]
+        for row in body["rows"]
+    ]
+    assert [[r[0], *[str(n) for n in numbers(r[1:])]] for r in rows] == expected
+    headers = page.locator("#table thead th").all_inner_texts()
+    assert headers[1].startswith(body["buckets"][0]["label"])
+    assert "Excludes test mode and internal organizations" in page.inner_text("#subtitle")
+    assert page.locator("#key-form").is_hidden()
+    internal = set(live.dbs.settings.internal_org_ids)
+    shown_ids = page.locator("#table tbody tr.org").evaluate_all("rs => rs.map(r => r.dataset.id)")
+    assert internal and not internal & set(shown_ids)
+    assert page.inner_text("#freshness").startswith("Data through ")
+    bars = page.locator("#chart rect.bar")
+    assert bars.count() == len(body["buckets"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+
+def test_an_organization_expands_into_its_agents_and_collapses(page: object, live: Live) -> None:
+    sign_in(page, live, live.key)
+    button = page.locator("#table tbody tr.org button.expand").first
+    button.wait_for()
+    org_id = page.locator("#table tbody tr.org").first.get_attribute("data-id")
+    report = page.evaluate("[state.report.start, state.report.end]")
+    agents = api(live, scope="org", org_id=org_id, start=report[0], end=report[1])
+    button.click()
+    assert button.get_attribute("aria-expanded") == "true"
+    page.wait_for_selector("tr.agent:not(.loading-row)")
+    names = page.locator("tr.agent td:first-child").all_inner_texts()
+    assert names == [row["name"] for row in agents["rows"]]
+    button.press("Enter")  # keyboard-operable
+    assert button.get_attribute("aria-expanded") == "false"
+    assert page.locator("tr.agent").count() == 0
+
+
+def test_range_and_metric_changes_redraw_the_view(page: object, live: Live) -> None:
+    sign_in(page, live, live.key)
+    page.wait_for_selector("#table tbody tr.org")
+    page.select_option("#preset", "30")
+    page.wait_for_function("state.report && state.report.granularity === 'week'")
+    page.check("input[name=metric][value=messages]")
+    start, end = page.evaluate("[state.report.start, state.report.end]")
+    body = api(live, start=start, end=end)
+    total = page.locator("#table tfoot td").last.inner_text()
+    assert numbers([total]) == [body["total"]["totals"]["messages"]]
+    page.select_option("#granularity", "day")
+    page.wait_for_function("state.report.granularity === 'day'")
+    assert page.locator("#chart rect.bar").count() == 30
+
+
+def test_csv_download_of_the_current_view(page: object, live: Live) -> None:
+    sign_in(page, live, live.key)
+    page.wait_for_selector("#table tbody tr.org")
+    page.check("input[name=metric][value=handoffs]")
+    with page.expect_download() as info:
+        page.click("#download")
+    download = info.value
+    assert download.suggested_filename.startswith("usage-platform-")
+    assert download.suggested_filename.endswith("-month-handoffs.csv")
+    lines = Path(download.path()).read_text().splitlines()
+    assert lines[0].startswith("id,name,")
+    assert lines[-1].startswith(",Total,")
+
+
+def test_a_customer_key_sees_its_own_agents(page: object, live: Live) -> None:
+    sign_in(page, live, live.org_key)
+    page.wait_for_selector("#table tbody tr.org")
+    assert "by agent" in page.inner_text("#subtitle")
+    assert page.locator("button.expand").count() == 0
+    start, end = page.evaluate("[state.report.start, state.report.end]")
+    body = api(live, live.org_key, start=start, end=end)
+    assert body["org_id"] == live.org_id
+    assert [r[0] for r in shown_rows(page)] == [r["name"] for r in body["rows"]]
+
+
+def test_a_wrong_key_brings_back_the_prompt(page: object, live: Live) -> None:
+    sign_in(page, live, "usk_not-a-real-key")
+    page.wait_for_selector("#key-form:not([hidden])")
+    assert "not accepted" in page.inner_text("#key-message")
+    assert page.evaluate("sessionStorage.getItem('usage.apiKey')") is None
