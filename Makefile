@@ -26,3 +26,6 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix etl api tests
 	$(VENV)/bin/ruff format etl api tests
+
+bench: $(STAMP)
+	$(PY) -m tests.bench.bench --size $(or $(SIZE),standard)

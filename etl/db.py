@@ -1,6 +1,7 @@
 """Connections: the MongoDB client, the embedded server, and the collections the project uses."""
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,6 +92,18 @@ def connect(settings: Settings, uri: str) -> Databases:
 
 
 @contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def embedded_server(data_dir: Path, port: int = 0) -> Iterator[str]:
     """Run the embedded MongoDB-compatible server on loopback; yield its URI."""
     try:
@@ -101,13 +114,15 @@ def embedded_server(data_dir: Path, port: int = 0) -> Iterator[str]:
             "or set USAGE_MONGODB_URI"
         ) from None
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = SecantusDBServer(host="127.0.0.1", port=port, storage_path=str(data_dir))
     try:
+        # The storage engine reports a busy directory on fd 2 itself; our one line says it.
+        with _quiet_stderr():
+            server = SecantusDBServer(host="127.0.0.1", port=port, storage_path=str(data_dir))
         server.start()
     except Exception as exc:
         raise DatabaseUnavailable(
-            f"cannot start the embedded server on {data_dir}: {exc}; "
-            "is another process using it? Point USAGE_MONGODB_URI at that process instead"
+            f"cannot open the embedded database in {data_dir} ({exc}); if `usage demo` or "
+            "another command is using it, set USAGE_MONGODB_URI to the URI that one printed"
         ) from None
     try:
         yield str(server.uri)

@@ -169,3 +169,12 @@ def test_keys_are_created_listed_and_revoked(dbs: Databases) -> None:
     again = usage("keys", "revoke", key_id, env=env)
     assert again.returncode == 1 and key_id in one_line(again.stderr)
     assert usage("keys", "create", "--name", "both", env=env).returncode == 2
+
+
+def test_a_busy_embedded_database_is_named_in_one_line(tmp_path: Path) -> None:
+    from etl.db import embedded_server
+
+    with embedded_server(tmp_path):
+        result = usage("status", env={"USAGE_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert "USAGE_MONGODB_URI" in one_line(result.stderr)
