@@ -274,7 +274,7 @@ class UsageService:
             query.first, query.last, query.granularity, settings.week_start_index
         )
         pipeline = group_pipeline(query, buckets, settings)
-        groups = list(self.dbs.usage_daily().aggregate(pipeline))
+        groups = list(self.dbs.usage_daily_reader().aggregate(pipeline))
         always = (query.agent_id,) if query.agent_id else ()
         ids = sorted({group["_id"]["id"] for group in groups} | set(always))
         if query.scope == "platform":

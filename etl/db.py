@@ -12,6 +12,7 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import make_read_preference, read_pref_mode_from_name
 from pymongo.write_concern import WriteConcern
 
@@ -55,6 +56,12 @@ class Databases:
 
     def usage_daily(self) -> Collection[Doc]:
         return self.rollup.get_collection(USAGE_DAILY, write_concern=WriteConcern("majority"))
+
+    def usage_daily_reader(self) -> Collection[Doc]:
+        """`usage_daily` for readers: one snapshot per query, so no day is seen half-replaced."""
+        if not self.supports_transactions():
+            return self.rollup[USAGE_DAILY]
+        return self.rollup.get_collection(USAGE_DAILY, read_concern=ReadConcern("snapshot"))
 
     def ping(self) -> None:
         try:

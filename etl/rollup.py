@@ -9,9 +9,10 @@ from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.client_session import ClientSession
+from pymongo.errors import PyMongoError
 
 from etl import runs, source
-from etl.db import Databases, Doc
+from etl.db import Databases, Doc, mask_uri, plain_error
 from etl.settings import Settings
 
 # Days per aggregation and per write transaction: large enough to amortise round trips,
@@ -220,6 +221,16 @@ class Work:
     bad_since: datetime | None = None
 
 
+def describe(exc: BaseException, uri: str) -> str:
+    """A run record's error: one line, without secrets."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, PyMongoError):
+        return plain_error(exc, uri)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return mask_uri(text)[:500]
+
+
 def execute(
     dbs: Databases,
     kind: str,
@@ -235,9 +246,6 @@ def execute(
     try:
         if expired:
             runs.mark_abandoned(dbs.rollup, expired["holder"], now)
-        ensure_indexes(dbs)
-        work = plan()
-        days = work.days
         started = time.monotonic()
         run_id = runs.start_run(
             dbs.rollup,
@@ -246,26 +254,30 @@ def execute(
                 "holder": lease.holder,
                 "started_at": now,
                 "today": local_today(now, settings).isoformat(),
-                "range": [days[0].isoformat(), days[-1].isoformat()] if days else None,
+                "lock_acquired_at": clock(),
                 "filter": settings.billable_filter(),
                 "timezone": settings.timezone,
-                **work.record,
             },
         )
         try:
+            ensure_indexes(dbs)
+            work = plan()
+            days = work.days
+            span = [days[0].isoformat(), days[-1].isoformat()] if days else None
+            runs.update_run(dbs.rollup, run_id, {"range": span, **work.record})
             stats = recompute(dbs, days, progress, heartbeat=lambda: lease.renew(clock()))
             bad = count_bad_created_at(dbs, work.bad_since)
             if bad:
                 stats.skipped["bad_created_at"] += bad
         except BaseException as exc:
-            runs.finish_run(
+            runs.update_run(
                 dbs.rollup,
                 run_id,
-                {"status": runs.FAILED, "finished_at": clock(), "error": str(exc)[:500]},
+                {"status": runs.FAILED, "finished_at": clock(), "error": describe(exc, dbs.uri)},
             )
             raise
         through = work.complete_through
-        runs.finish_run(
+        runs.update_run(
             dbs.rollup,
             run_id,
             {

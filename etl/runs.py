@@ -99,7 +99,7 @@ def start_run(db: Database[Doc], record: Doc) -> ObjectId:
     return run_id
 
 
-def finish_run(db: Database[Doc], run_id: ObjectId, fields: Doc) -> None:
+def update_run(db: Database[Doc], run_id: ObjectId, fields: Doc) -> None:
     db[RUNS].update_one({"_id": run_id}, {"$set": fields})
 
 

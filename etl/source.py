@@ -106,12 +106,19 @@ def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[st
         {
             "$project": {
                 "_id": 0,
+                # A range $match also matches an array holding a date; only a date has a day.
                 "day": {
-                    "$dateToString": {
-                        "date": "$createdAt",
-                        "format": DAY_FORMAT,
-                        "timezone": settings.timezone,
-                    }
+                    "$cond": [
+                        {"$eq": [{"$type": "$createdAt"}, "date"]},
+                        {
+                            "$dateToString": {
+                                "date": "$createdAt",
+                                "format": DAY_FORMAT,
+                                "timezone": settings.timezone,
+                            }
+                        },
+                        None,
+                    ]
                 },
                 "org": _organization_expr(),
                 "agent": _agent_expr(),
@@ -124,7 +131,10 @@ def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[st
                 "skip": {
                     "$switch": {
                         "branches": [
+                            {"case": {"$eq": ["$day", None]}, "then": "bad_created_at"},
                             {"case": {"$eq": ["$org", None]}, "then": "no_organization"},
+                            # `depth: {$gt: 2}` also matches an array holding such a number.
+                            {"case": {"$not": [{"$isNumber": "$depth"}]}, "then": "bad_depth"},
                             {"case": {"$gt": ["$depth", MAX_DEPTH]}, "then": "depth_out_of_range"},
                         ],
                         "default": None,

@@ -138,12 +138,15 @@ def test_malformed_documents_are_skipped_by_reason(dbs: Databases) -> None:
             make_request(depth=10**12),
             make_request(depth="7"),  # not a number: not billable
             make_request(participantsAgents="agent_1"),  # not a list: no handoff
+            make_request(depth=[7]),  # matches `depth > 2` as an array, but is no depth
+            make_request(createdAt=[datetime(2026, 10, 14, 9)]),  # matches the range likewise
         ]
     )
     result = backfill(dbs)
     assert dict(result.stats.skipped) == {
         "no_organization": 2,
-        "bad_created_at": 2,
+        "bad_created_at": 3,
+        "bad_depth": 1,
         "depth_out_of_range": 1,
     }
     org_a = str(ORG_A)
@@ -155,7 +158,12 @@ def test_malformed_documents_are_skipped_by_reason(dbs: Databases) -> None:
     run = dbs.rollup.etl_runs.find_one({"_id": result.run_id})
     assert run is not None
     assert run["status"] == "ok"
-    assert run["skipped"] == {"bad_created_at": 2, "depth_out_of_range": 1, "no_organization": 2}
+    assert run["skipped"] == {
+        "bad_created_at": 3,
+        "bad_depth": 1,
+        "depth_out_of_range": 1,
+        "no_organization": 2,
+    }
     assert run["filter"] == {"status": 1000, "depth_gt": 2, "exclude_test_mode": True}
 
 

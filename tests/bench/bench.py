@@ -63,6 +63,13 @@ def start_server(storage: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("the database server did not start")
 
 
+def emit(results: list[tuple[str, float, str, bool | None]], shown: list[int]) -> None:
+    for name, value, target, ok in results[shown[0] :]:
+        verdict = "" if ok is None else ("pass" if ok else "short")
+        print(f"{name:<34}{value:>12.3f}  {target:<10}{verdict}", flush=True)
+    shown[0] = len(results)
+
+
 def median_ms(func: Callable[[], object], runs: int) -> float:
     times = []
     for _ in range(runs):
@@ -93,12 +100,17 @@ def baseline(dbs: Databases, query: Any) -> dict[str, int]:
             key in settings.internal_org_ids or not auth.is_object_id(key)
         ):
             continue
+        if query.agent_id and key != query.agent_id:
+            continue
         out[key] = out.get(key, 0) + int(doc["n"])
     return out
 
 
 def rollup_totals(report: dict[str, Any]) -> dict[str, int]:
-    return {row["id"]: row["totals"]["conversations"] for row in report["rows"]}
+    rows = report["rows"]
+    return {
+        row["id"]: row["totals"]["conversations"] for row in rows if row["totals"]["conversations"]
+    }
 
 
 def http_load(base: str, key: str, paths: list[str], clients: int, seconds: float) -> list[float]:
@@ -130,6 +142,21 @@ def http_load(base: str, key: str, paths: list[str], clients: int, seconds: floa
     return latencies
 
 
+def wait_for_http(base: str, timeout: float = 60.0) -> None:
+    host, port = base.removeprefix("http://").split(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(host, int(port), timeout=2)
+            conn.request("GET", "/api/ping")
+            conn.getresponse().read()
+            conn.close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("the API server did not start")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -146,6 +173,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="usage-bench-"))
     proc, uri = start_server(workdir / "db")
     results: list[tuple[str, float, str, bool | None]] = []
+    shown = [0]
     try:
         now = utcnow()
         settings = Settings(mongodb_uri=uri, source_db="bench", cache_check_seconds=3600)
@@ -208,6 +236,7 @@ def main() -> None:
             ("backfill wall / bare agg+write", wall / floor, "<= 1.3", wall / floor <= 1.3),
             ("backfill peak RSS (MB)", rss_mb, "<= 150", rss_mb <= 150),
         ]
+        emit(results, shown)
         rollup.run_nightly(dbs, utcnow(), utcnow)
 
         # The dashboard mix: rollup (warm and cold) against the baseline.
@@ -272,6 +301,7 @@ def main() -> None:
                 base_platform / cold_ms >= 10,
             ),
         ]
+        emit(results, shown)
 
         # Over HTTP: 16 clients against a real server process.
         port = free_port()
@@ -284,12 +314,7 @@ def main() -> None:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(100):
-                try:
-                    http_load(base, key, ["/api/ping"], 1, 0.01)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            wait_for_http(base)
             paths = [
                 "/api/aggregations/usage?" + "&".join(f"{k}={v}" for k, v in m.items()) for m in mix
             ]
@@ -308,6 +333,7 @@ def main() -> None:
             ("http requests served", float(len(latencies)), "", None),
             ("warm usage / trivial endpoint", floor_ratio, "<= 2", floor_ratio <= 2),
         ]
+        emit(results, shown)
         dbs.close()
     finally:
         proc.terminate()
@@ -315,9 +341,7 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\n{'figure':<34}{'value':>12}  {'target':<10}result")
-    for name, value, target, ok in results:
-        verdict = "" if ok is None else ("pass" if ok else "short")
-        print(f"{name:<34}{value:>12.3f}  {target:<10}{verdict}")
+    emit(results, [0])
     args.out.mkdir(exist_ok=True)
     report_path = args.out / f"bench-{args.size}.json"
     report_path.write_text(
