@@ -12,11 +12,11 @@ from pymongo.database import Database
 Doc = dict[str, Any]
 KEYS = "api_keys"
 PREFIX = "usk_"
-OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 
 
 def is_object_id(value: str) -> bool:
-    return bool(OBJECT_ID.match(value))
+    return OBJECT_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,8 @@ def progress_bar(total: int, label: str) -> Iterator[rollup.Progress]:
         "days",
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False) as bar:
+    # Only a terminal gets a bar; logs of unattended runs get the one-line summary.
+    with Progress(*columns, console=err, disable=not err.is_terminal) as bar:
         task = bar.add_task(label, total=total)
         yield lambda days: bar.advance(task, days)
 

@@ -1,5 +1,6 @@
 """Recompute day ranges of `usage_daily`: run the pipeline, replace whole days atomically."""
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -9,7 +10,7 @@ from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.client_session import ClientSession
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from etl import runs, source
 from etl.db import Databases, Doc, mask_uri, plain_error
@@ -21,6 +22,7 @@ BATCH_DAYS = 7
 # updatedAt is set by application servers whose clocks may run behind this one.
 CLOCK_SKEW = timedelta(minutes=10)
 MEASURES = ("conversations", "messages", "handoffs")
+TRANSACTION_ATTEMPTS = 3
 
 
 @dataclass
@@ -100,27 +102,42 @@ def fetch_rows(dbs: Databases, first: date, last: date) -> tuple[dict[str, list[
     return by_day, stats
 
 
-def save_days(dbs: Databases, days: list[str], by_day: dict[str, list[Doc]]) -> tuple[int, int]:
-    """Replace every row of `days` with `by_day`'s, atomically where the server allows."""
+def save_days(
+    dbs: Databases,
+    days: list[str],
+    by_day: dict[str, list[Doc]],
+    session: ClientSession | None = None,
+) -> tuple[int, int]:
+    """Replace every row of `days` with `by_day`'s; in one transaction when given a session."""
     usage = dbs.usage_daily()
     new_rows = [row for day in days for row in by_day.get(day, [])]
     new_ids = {row["_id"] for row in new_rows}
 
-    def replace(session: ClientSession | None) -> int:
-        old_ids = {
-            doc["_id"] for doc in usage.find({"day": {"$in": days}}, {"_id": 1}, session=session)
-        }
+    def replace() -> int:
+        found = usage.find({"day": {"$in": days}}, {"_id": 1}, session=session)
+        old_ids = {doc["_id"] for doc in found}
         usage.delete_many({"day": {"$in": days}}, session=session)
         if new_rows:
             usage.insert_many(new_rows, ordered=False, session=session)
         return len(old_ids - new_ids)
 
-    if dbs.supports_transactions():
-        with dbs.client.start_session() as session:
-            removed: int = session.with_transaction(replace)
-    else:
-        removed = replace(None)
-    return len(new_rows), removed
+    if session is None:
+        return len(new_rows), replace()
+    # Not `with_transaction`: it retries for two minutes, and a run must fail fast when the
+    # database goes away. A write conflict with another writer is worth a couple of retries.
+    for attempt in range(TRANSACTION_ATTEMPTS):
+        try:
+            with session.start_transaction():
+                removed = replace()
+            return len(new_rows), removed
+        except PyMongoError as exc:
+            retry = exc.has_error_label("TransientTransactionError") and not isinstance(
+                exc, ConnectionFailure
+            )
+            if not retry or attempt + 1 == TRANSACTION_ATTEMPTS:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def recompute(
@@ -128,13 +145,14 @@ def recompute(
     days: Iterable[date],
     progress: Progress | None = None,
     heartbeat: Callable[[], None] | None = None,
+    session: ClientSession | None = None,
 ) -> Stats:
     """Recompute the given local days, a batch at a time."""
     total = Stats()
     for first, last in batches(days):
         by_day, stats = fetch_rows(dbs, first, last)
         labels = [day.isoformat() for day in day_range(first, last)]
-        stats.rows_written, stats.rows_removed = save_days(dbs, labels, by_day)
+        stats.rows_written, stats.rows_removed = save_days(dbs, labels, by_day, session)
         stats.days = len(labels)
         total.add(stats)
         if heartbeat:
@@ -240,11 +258,31 @@ def execute(
     progress: Progress | None = None,
 ) -> RunResult:
     """Take the lock, record the run, recompute the planned days, record the outcome."""
+    with contextlib.ExitStack() as stack:
+        session = None
+        if dbs.supports_transactions():
+            session = stack.enter_context(dbs.client.start_session())
+        return locked_run(dbs, kind, now, clock, plan, progress, session)
+
+
+def locked_run(
+    dbs: Databases,
+    kind: str,
+    now: datetime,
+    clock: Callable[[], datetime],
+    plan: Callable[[], Work],
+    progress: Progress | None,
+    session: ClientSession | None,
+) -> RunResult:
     settings = dbs.settings
-    lease = runs.Lease(dbs.rollup, runs.new_holder(), settings.lease_seconds)
+    session_id = dict(session.session_id) if session is not None else None
+    lease = runs.Lease(dbs.rollup, runs.new_holder(), settings.lease_seconds, session_id)
     expired = lease.acquire_waiting(clock, settings.lock_wait_seconds)
     try:
         if expired:
+            # A crashed holder's open transaction would block every write to its days
+            # until the server times it out; ending its session aborts it now.
+            runs.end_session(dbs.client, expired.get("session_id"))
             runs.mark_abandoned(dbs.rollup, expired["holder"], now)
         started = time.monotonic()
         run_id = runs.start_run(
@@ -265,7 +303,8 @@ def execute(
             days = work.days
             span = [days[0].isoformat(), days[-1].isoformat()] if days else None
             runs.update_run(dbs.rollup, run_id, {"range": span, **work.record})
-            stats = recompute(dbs, days, progress, heartbeat=lambda: lease.renew(clock()))
+            heartbeat = lambda: lease.renew(clock())  # noqa: E731
+            stats = recompute(dbs, days, progress, heartbeat, session)
             bad = count_bad_created_at(dbs, work.bad_since)
             if bad:
                 stats.skipped["bad_created_at"] += bad

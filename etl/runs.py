@@ -10,9 +10,9 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import DESCENDING
+from pymongo import DESCENDING, MongoClient
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from etl.db import Doc
 
@@ -40,6 +40,7 @@ class Lease:
     db: Database[Doc]
     holder: str
     seconds: float
+    session_id: Doc | None = None
 
     def acquire(self, now: datetime) -> Doc | None:
         """Take the lock if free or expired; return the expired holder's lock doc, if any."""
@@ -49,6 +50,7 @@ class Lease:
             "holder": self.holder,
             "acquired_at": now,
             "expires_at": now + timedelta(seconds=self.seconds),
+            "session_id": self.session_id,
         }
         free = {"$or": [{"expires_at": {"$lt": now}}, {"holder": self.holder}]}
         try:
@@ -86,6 +88,16 @@ class Lease:
 
     def release(self) -> None:
         self.db[LOCKS].delete_one({"_id": ROLLUP_LOCK, "holder": self.holder})
+
+
+def end_session(client: MongoClient[Doc], session_id: Doc | None) -> None:
+    """Kill a session, aborting its open transaction; best effort."""
+    if session_id is None:
+        return
+    try:
+        client.admin.command("killSessions", [session_id])
+    except PyMongoError:
+        pass  # without the privilege, the server's transaction timeout ends it instead
 
 
 def current_lock(db: Database[Doc]) -> Doc | None:

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pymongo.read_preferences import read_pref_mode_from_name
 
 EMBEDDED = "embedded"
-OBJECT_ID_HEX = re.compile(r"^[0-9a-f]{24}$")
+OBJECT_ID_HEX = re.compile(r"[0-9a-f]{24}")
 
 Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 WEEKDAYS: tuple[Weekday, ...] = (
@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     @classmethod
     def _hex_ids(cls, value: list[str]) -> list[str]:
         ids = [item.lower() for item in value]
-        bad = [item for item in ids if not OBJECT_ID_HEX.match(item)]
+        bad = [item for item in ids if not OBJECT_ID_HEX.fullmatch(item)]
         if bad:
             raise ValueError(f"not an ObjectId hex string: {bad[0]!r}")
         return ids

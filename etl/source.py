@@ -45,6 +45,8 @@ def _organization_expr() -> dict[str, Any]:
                     "case": {
                         "$and": [
                             {"$eq": [{"$type": org}, "string"]},
+                            # The length check, as `$` also matches before a final newline.
+                            {"$eq": [{"$strLenCP": org}, 24]},
                             {"$regexMatch": {"input": org, "regex": OBJECT_ID_PATTERN}},
                         ]
                     },

@@ -1,9 +1,6 @@
 """The `usage` command line, run as a user runs it: a subprocess with USAGE_* settings."""
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -13,35 +10,8 @@ import pytest
 from etl import runs
 from etl.cli import app
 from etl.db import Databases
+from tests.commands import env_for, one_line, usage
 from tests.factories import make_request
-
-
-def usage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("USAGE_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "etl.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=120,
-    )
-
-
-def env_for(dbs: Databases) -> dict[str, str]:
-    s = dbs.settings
-    return {
-        "USAGE_MONGODB_URI": dbs.uri,
-        "USAGE_SOURCE_DB": s.source_db,
-        "USAGE_ROLLUP_DB": s.rollup_db_name,
-        "USAGE_LOCK_WAIT_SECONDS": "0",
-    }
-
-
-def one_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert len(lines) == 1, text
-    return lines[0]
 
 
 @pytest.mark.parametrize(

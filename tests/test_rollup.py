@@ -128,6 +128,7 @@ def test_malformed_documents_are_skipped_by_reason(dbs: Databases) -> None:
             make_request(),
             make_request(id_organization=DROP),
             make_request(id_organization="not-an-id"),
+            make_request(id_organization=str(ORG_B) + "\n"),
             make_request(id_organization=str(ORG_B).upper()),  # a usable string id
             make_request(createdAt="2026-10-14T10:00:00"),
             make_request(createdAt=None),
@@ -144,7 +145,7 @@ def test_malformed_documents_are_skipped_by_reason(dbs: Databases) -> None:
     )
     result = backfill(dbs)
     assert dict(result.stats.skipped) == {
-        "no_organization": 2,
+        "no_organization": 3,
         "bad_created_at": 3,
         "bad_depth": 1,
         "depth_out_of_range": 1,
@@ -162,7 +163,7 @@ def test_malformed_documents_are_skipped_by_reason(dbs: Databases) -> None:
         "bad_created_at": 3,
         "bad_depth": 1,
         "depth_out_of_range": 1,
-        "no_organization": 2,
+        "no_organization": 3,
     }
     assert run["filter"] == {"status": 1000, "depth_gt": 2, "exclude_test_mode": True}
 
