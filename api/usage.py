@@ -23,7 +23,7 @@ from api.buckets import (
     resolve_granularity,
 )
 from etl import runs
-from etl.db import Databases, Doc
+from etl.db import USAGE_DAILY, USAGE_MONTHLY, Databases, Doc
 from etl.rollup import MEASURES
 from etl.settings import Settings
 from etl.source import UNATTRIBUTED
@@ -130,8 +130,9 @@ def resolve_query(
     )
 
 
-def row_filter(query: UsageQuery, settings: Settings) -> Doc:
-    match: Doc = {"day": {"$gte": query.first.isoformat(), "$lte": query.last.isoformat()}}
+def scope_filter(query: UsageQuery, settings: Settings) -> Doc:
+    """Which rollup rows belong to the query's organization, agent and internal rule."""
+    match: Doc = {}
     if query.org_id is not None:
         match["org_id"] = query.org_id
     if query.agent_id is not None:
@@ -159,17 +160,50 @@ def bucket_expr(buckets: list[Bucket], granularity: Granularity) -> Any:
     return {"$switch": {"branches": branches, "default": buckets[-1].key}}
 
 
-def group_pipeline(query: UsageQuery, buckets: list[Bucket], settings: Settings) -> list[Doc]:
+def group_stage(query: UsageQuery, bucket: Any) -> Doc:
     group_field = "$org_id" if query.scope == "platform" else "$agent_id"
+    return {
+        "$group": {
+            "_id": {"id": group_field, "b": bucket},
+            **{name: {"$sum": f"${name}"} for name in METRICS},
+        }
+    }
+
+
+def daily_pipeline(query: UsageQuery, buckets: list[Bucket], settings: Settings) -> list[Doc]:
+    """Group the daily rows of `buckets` (contiguous, in order) into them."""
+    days = {"$gte": buckets[0].start.isoformat(), "$lte": buckets[-1].end.isoformat()}
     return [
-        {"$match": row_filter(query, settings)},
-        {
-            "$group": {
-                "_id": {"id": group_field, "b": bucket_expr(buckets, query.granularity)},
-                **{name: {"$sum": f"${name}"} for name in METRICS},
-            }
-        },
+        {"$match": {"day": days, **scope_filter(query, settings)}},
+        group_stage(query, bucket_expr(buckets, query.granularity)),
     ]
+
+
+def monthly_pipeline(query: UsageQuery, months: list[str], settings: Settings) -> list[Doc]:
+    """Group the monthly rows of whole months: a few rows stand for a month of days."""
+    return [
+        {"$match": {"month": {"$in": months}, **scope_filter(query, settings)}},
+        group_stage(query, "$month"),
+    ]
+
+
+def fetch_groups(dbs: Databases, query: UsageQuery, buckets: list[Bucket]) -> list[Doc]:
+    """Rollup totals per (row id, bucket key), from the coarsest rows that are exact."""
+    settings = dbs.settings
+    if query.granularity != "month":
+        pipeline = daily_pipeline(query, buckets, settings)
+        return list(dbs.reader(USAGE_DAILY).aggregate(pipeline))
+    groups: list[Doc] = []
+    whole = [bucket.key for bucket in buckets if not bucket.partial]
+    if whole:
+        pipeline = monthly_pipeline(query, whole, settings)
+        groups += dbs.reader(USAGE_MONTHLY).aggregate(pipeline)
+    # Only the first and the last month of a range can be clipped.
+    for bucket in buckets:
+        if bucket.partial:
+            pipeline = daily_pipeline(query, [bucket], settings)
+            groups += dbs.reader(USAGE_DAILY).aggregate(pipeline)
+    return groups
 
 
 def fetch_names(db: Database[Doc], collection: str, ids: list[str]) -> dict[str, str]:
@@ -273,8 +307,7 @@ class UsageService:
         buckets = make_buckets(
             query.first, query.last, query.granularity, settings.week_start_index
         )
-        pipeline = group_pipeline(query, buckets, settings)
-        groups = list(self.dbs.usage_daily_reader().aggregate(pipeline))
+        groups = fetch_groups(self.dbs, query, buckets)
         always = (query.agent_id,) if query.agent_id else ()
         ids = sorted({group["_id"]["id"] for group in groups} | set(always))
         if query.scope == "platform":

@@ -223,15 +223,21 @@ def verify_command(
         drift = verify.find_drift(dbs, first, last)
         for item in drift:
             out.print(item.describe(), markup=False)
-        if not drift:
+        if drift and repair:
+            result = rollup.run_repair(dbs, verify.drifted_days(drift), utcnow(), utcnow)
+            print_result(result, "repair")
+        months = verify.find_month_drift(dbs, first, last)
+        for month in months:
+            out.print(f"{month}: usage_monthly differs from the sum of usage_daily", markup=False)
+        if months and repair:
+            verify.rebuild_months(dbs, months)
+            out.print(f"rebuilt usage_monthly for {', '.join(months)}")
+        if not drift and not months:
             out.print(f"no drift from {first} to {last}")
-            return
-        days = verify.drifted_days(drift)
-        if not repair:
-            out.print(f"{len(drift)} rows differ on {len(days)} days")
+        elif not repair:
+            days = verify.drifted_days(drift)
+            out.print(f"{len(drift)} rows differ on {len(days)} days; {len(months)} months differ")
             raise typer.Exit(1)
-        result = rollup.run_repair(dbs, days, utcnow(), utcnow)
-    print_result(result, "repair")
 
 
 @app.command()

@@ -21,6 +21,7 @@ from etl.settings import EMBEDDED, Settings
 Doc = dict[str, Any]
 REQUESTS = "requests"
 USAGE_DAILY = "usage_daily"
+USAGE_MONTHLY = "usage_monthly"
 
 
 class DatabaseUnavailable(Exception):
@@ -57,11 +58,14 @@ class Databases:
     def usage_daily(self) -> Collection[Doc]:
         return self.rollup.get_collection(USAGE_DAILY, write_concern=WriteConcern("majority"))
 
-    def usage_daily_reader(self) -> Collection[Doc]:
-        """`usage_daily` for readers: one snapshot per query, so no day is seen half-replaced."""
+    def usage_monthly(self) -> Collection[Doc]:
+        return self.rollup.get_collection(USAGE_MONTHLY, write_concern=WriteConcern("majority"))
+
+    def reader(self, name: str) -> Collection[Doc]:
+        """A rollup collection for readers: one snapshot per query, never a half-replaced day."""
         if not self.supports_transactions():
-            return self.rollup[USAGE_DAILY]
-        return self.rollup.get_collection(USAGE_DAILY, read_concern=ReadConcern("snapshot"))
+            return self.rollup[name]
+        return self.rollup.get_collection(name, read_concern=ReadConcern("snapshot"))
 
     def ping(self) -> None:
         try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.errors import ConnectionFailure, PyMongoError
 
@@ -102,24 +102,60 @@ def fetch_rows(dbs: Databases, first: date, last: date) -> tuple[dict[str, list[
     return by_day, stats
 
 
+def month_deltas(old_rows: list[Doc], new_rows: list[Doc]) -> dict[tuple[str, str, str], Doc]:
+    """What replacing old_rows by new_rows changes in each (org, agent, month) total."""
+    deltas: dict[tuple[str, str, str], Doc] = {}
+    for rows, sign in ((new_rows, 1), (old_rows, -1)):
+        for row in rows:
+            key = (row["org_id"], row["agent_id"], row["day"][:7])
+            delta = deltas.setdefault(key, dict.fromkeys(MEASURES, 0))
+            for name in MEASURES:
+                delta[name] += sign * row[name]
+    return {key: delta for key, delta in deltas.items() if any(delta.values())}
+
+
 def save_days(
     dbs: Databases,
     days: list[str],
     by_day: dict[str, list[Doc]],
     session: ClientSession | None = None,
 ) -> tuple[int, int]:
-    """Replace every row of `days` with `by_day`'s; in one transaction when given a session."""
-    usage = dbs.usage_daily()
+    """Replace every row of `days` with `by_day`'s; in one transaction when given a session.
+
+    `usage_monthly` (the same rows summed by month, for long views) moves by the difference
+    in the same transaction, so it always equals the sum of the daily rows.
+    """
+    usage, monthly = dbs.usage_daily(), dbs.usage_monthly()
     new_rows = [row for day in days for row in by_day.get(day, [])]
     new_ids = {row["_id"] for row in new_rows}
 
     def replace() -> int:
-        found = usage.find({"day": {"$in": days}}, {"_id": 1}, session=session)
-        old_ids = {doc["_id"] for doc in found}
+        old_rows = list(usage.find({"day": {"$in": days}}, session=session))
         usage.delete_many({"day": {"$in": days}}, session=session)
         if new_rows:
             usage.insert_many(new_rows, ordered=False, session=session)
-        return len(old_ids - new_ids)
+        deltas = month_deltas(old_rows, new_rows)
+        if deltas:
+            monthly.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": row_id(org, agent, month)},
+                        {
+                            "$inc": delta,
+                            "$setOnInsert": {"org_id": org, "agent_id": agent, "month": month},
+                        },
+                        upsert=True,
+                    )
+                    for (org, agent, month), delta in deltas.items()
+                ],
+                ordered=False,
+                session=session,
+            )
+            touched = [row_id(*key) for key in deltas]
+            monthly.delete_many(
+                {"_id": {"$in": touched}, "conversations": {"$lte": 0}}, session=session
+            )
+        return len({row["_id"] for row in old_rows} - new_ids)
 
     if session is None:
         return len(new_rows), replace()
@@ -183,6 +219,9 @@ def ensure_indexes(dbs: Databases) -> None:
     )
     usage.create_index([("day", ASCENDING)], name="day")
     usage.create_index([("org_id", ASCENDING), ("day", ASCENDING)], name="org_day")
+    monthly = dbs.usage_monthly()
+    monthly.create_index([("month", ASCENDING)], name="month")
+    monthly.create_index([("org_id", ASCENDING), ("month", ASCENDING)], name="org_month")
     runs.ensure_indexes(dbs.rollup)
 
 

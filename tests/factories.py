@@ -48,3 +48,26 @@ def make_row(
         "messages": messages,
         "handoffs": handoffs,
     }
+
+
+def monthly_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The usage_monthly rows that daily rows sum to."""
+    months: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        month = row["day"][:7]
+        key = f"{row['org_id']}:{row['agent_id']}:{month}"
+        into = months.setdefault(
+            key,
+            {
+                "_id": key,
+                "org_id": row["org_id"],
+                "agent_id": row["agent_id"],
+                "month": month,
+                "conversations": 0,
+                "messages": 0,
+                "handoffs": 0,
+            },
+        )
+        for name in ("conversations", "messages", "handoffs"):
+            into[name] += row[name]
+    return list(months.values())

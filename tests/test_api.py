@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from api import auth
 from api.app import create_app
 from etl.db import Databases
-from tests.factories import BOT_1, BOT_2, make_row
+from tests.factories import BOT_1, BOT_2, make_row, monthly_rows
 
 NOW = datetime(2026, 11, 25, 12, 0)
 A, B, INTERNAL = "65e18830a0616000137bb854", "65e18830a0616000137bb855", "65e18830a0616000137bb8ff"
@@ -57,6 +57,7 @@ def add_run(dbs: Databases, through: str, finished: datetime) -> None:
 def api(make_dbs: Callable[..., Databases]) -> Iterator[Api]:
     dbs = make_dbs(internal_org_ids=[INTERNAL])
     dbs.usage_daily().insert_many([dict(row) for row in ROWS])
+    dbs.usage_monthly().insert_many(monthly_rows(ROWS))
     dbs.source.organizations.insert_many(
         [{"_id": ObjectId(A), "name": "GIC"}, {"_id": B, "name": "Northwind"}]
     )
@@ -223,6 +224,9 @@ def test_csv_is_the_same_query_as_an_attachment(api: Api) -> None:
 def test_a_new_run_invalidates_cached_responses(api: Api) -> None:
     before = api.usage()
     api.dbs.usage_daily().update_one({"_id": ROWS[0]["_id"]}, {"$inc": {"conversations": 10}})
+    api.dbs.usage_monthly().update_one(
+        {"org_id": A, "month": "2026-10", "agent_id": BOT_1}, {"$inc": {"conversations": 10}}
+    )
     assert api.usage() == before  # served from the cache: no run completed
     add_run(api.dbs, "2026-11-25", datetime(2026, 11, 25, 13, 0))
     after = api.usage()
@@ -256,3 +260,16 @@ def test_an_unreachable_database_gets_503_not_500(
             assert client.get("/api/health").status_code == 503
     finally:
         down.close()
+
+
+def test_clipped_months_count_only_their_days(api: Api) -> None:
+    body = api.usage(start="2026-08-20", end="2026-10-05", granularity="month")
+    assert [(b["key"], b["partial"]) for b in body["buckets"]] == [
+        ("2026-08", True),
+        ("2026-09", False),
+        ("2026-10", True),
+    ]
+    assert [(r["id"], conversations(r)) for r in body["rows"]] == [
+        (B, [0, 5, 0]),
+        (A, [0, 0, 3]),  # Oct 1 – 5 only: the row of Oct 20 is outside the range
+    ]

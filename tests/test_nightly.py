@@ -127,3 +127,28 @@ def test_verify_finds_drift_and_repair_fixes_exactly_those_days(dbs: Databases) 
     assert sorted(r["day"] for r in dbs.usage_daily().find()) == ["2026-10-05", "2026-10-07"]
     assert {r["agent_id"] for r in dbs.usage_daily().find()} == {BOT_1}
     assert {r["org_id"] for r in dbs.usage_daily().find()} == {str(ORG_A)}
+
+
+def test_verify_finds_a_drifted_month_and_repair_rebuilds_it(dbs: Databases) -> None:
+    now = datetime(2026, 10, 20, 2, 0)
+    for day in (5, 6):
+        dbs.source.requests.insert_one(make_request(createdAt=datetime(2026, 10, day, 8, 0)))
+    rollup.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 10), now, lambda: now)
+    assert verify.find_month_drift(dbs, date(2026, 10, 1), date(2026, 10, 10)) == []
+    dbs.usage_monthly().update_many({}, {"$inc": {"conversations": 1}})
+    dbs.usage_monthly().insert_one(
+        {
+            "_id": "x",
+            "org_id": "x",
+            "agent_id": "y",
+            "month": "2026-10",
+            "conversations": 1,
+            "messages": 1,
+            "handoffs": 0,
+        }
+    )
+    assert verify.find_month_drift(dbs, date(2026, 10, 1), date(2026, 10, 10)) == ["2026-10"]
+    verify.rebuild_months(dbs, ["2026-10"])
+    assert verify.find_month_drift(dbs, date(2026, 10, 1), date(2026, 10, 10)) == []
+    (row,) = dbs.usage_monthly().find()
+    assert (row["conversations"], row["messages"]) == (2, 10)

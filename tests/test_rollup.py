@@ -187,3 +187,40 @@ def test_backfill_record_says_what_it_did(dbs: Databases, settings: Settings) ->
     assert run["timezone"] == "UTC"
     assert run["finished_at"] == NOW
     assert dbs.usage_daily().find_one()["messages"] == 14
+
+
+def monthly(dbs: Databases) -> dict[str, tuple[int, int, int]]:
+    return {
+        r["_id"]: (r["conversations"], r["messages"], r["handoffs"])
+        for r in dbs.usage_monthly().find()
+    }
+
+
+def test_monthly_rows_follow_every_replacement_of_days(dbs: Databases) -> None:
+    dbs.source.requests.insert_many(
+        [
+            make_request(createdAt=datetime(2026, 9, 30, 10)),
+            make_request(createdAt=datetime(2026, 10, 1, 10), depth=4),
+            make_request(createdAt=datetime(2026, 10, 2, 10), participantsAgents=["x"]),
+            make_request(createdAt=datetime(2026, 10, 2, 11), id_organization=ORG_B),
+        ]
+    )
+    backfill(dbs, "2026-09-28", "2026-10-03")
+    a, b = str(ORG_A), str(ORG_B)
+    assert monthly(dbs) == {
+        f"{a}:{BOT_1}:2026-09": (1, 5, 0),
+        f"{a}:{BOT_1}:2026-10": (2, 9, 1),
+        f"{b}:{BOT_1}:2026-10": (1, 5, 0),
+    }
+    backfill(dbs, "2026-09-28", "2026-10-03")  # re-running changes nothing
+    assert len(monthly(dbs)) == 3
+    dbs.source.requests.update_many({"id_organization": ORG_B}, {"$set": {"isTestMode": True}})
+    dbs.source.requests.update_many(
+        {"createdAt": datetime(2026, 10, 1, 10)}, {"$set": {"depth": 9}}
+    )
+    backfill(dbs, "2026-10-01", "2026-10-01")
+    backfill(dbs, "2026-10-02", "2026-10-02")
+    assert monthly(dbs) == {
+        f"{a}:{BOT_1}:2026-09": (1, 5, 0),
+        f"{a}:{BOT_1}:2026-10": (2, 14, 1),
+    }

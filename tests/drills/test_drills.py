@@ -72,6 +72,7 @@ def test_drill_backfill_killed_at_ten_random_points_recovers_exactly(
             after = dbs.rollup.etl_runs.find_one({"_id": killed["_id"]})
             assert after is not None and after["status"] == runs.ABANDONED
         assert verify.find_drift(dbs, first, last) == []
+        assert verify.find_month_drift(dbs, first, last) == []
         assert rows(dbs) == expected
     statuses = Counter(run["status"] for run in dbs.rollup.etl_runs.find())
     assert statuses[runs.RUNNING] == 0 and statuses[runs.OK] == 11
@@ -172,6 +173,7 @@ def outage(db_process: ServerProcess, dbs: Databases) -> None:
         assert api.get("/api/aggregations/usage", headers=headers).status_code == 200
     assert usage("rollup", env=env).returncode == 0
     assert verify.find_drift(dbs, first, last) == []
+    assert verify.find_month_drift(dbs, first, last) == []
 
 
 def test_drill_readers_see_each_day_old_or_new_never_half(
@@ -396,6 +398,7 @@ def test_drill_hostile_source_documents_never_crash_and_are_counted_by_reason(
         for r in rows(dbs)
     }
     assert got == totals
+    assert verify.find_month_drift(dbs, date(2026, 10, 10), date(2026, 10, 20)) == []
 
 
 def test_drill_a_customer_key_never_reads_another_organization(dbs: Databases) -> None:
