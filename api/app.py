@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -79,11 +80,18 @@ class KeyCache:
         self.ttl = ttl
         self.entries: dict[str, tuple[float, auth.Principal | None]] = {}
 
+    def cached(self, secret: str) -> tuple[bool, auth.Principal | None]:
+        """(found, principal) without touching the database."""
+        hit = self.entries.get(secret)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return True, hit[1]
+        return False, None
+
     def get(self, secret: str) -> auth.Principal | None:
         now = time.monotonic()
-        hit = self.entries.get(secret)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
+        found, principal = self.cached(secret)
+        if found:
+            return principal
         principal = self.lookup(secret)
         if len(self.entries) > 10_000:
             self.entries.clear()
@@ -98,19 +106,23 @@ class Unauthorized(Exception):
 bearer = HTTPBearer(auto_error=False, description="An API key created with `usage keys create`")
 
 
-def get_service(request: Request) -> UsageService:
+async def get_service(request: Request) -> UsageService:
     service: UsageService = request.app.state.service
     return service
 
 
-def get_principal(
+# The hot path (a cached key, a cached response) is async and touches no database; only a
+# miss goes to the thread pool, so a warm request costs little more than a trivial one.
+async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> auth.Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("an API key is required: Authorization: Bearer <key>")
     keys: KeyCache = request.app.state.keys
-    principal = keys.get(credentials.credentials)
+    found, principal = keys.cached(credentials.credentials)
+    if not found:
+        principal = await run_in_threadpool(keys.get, credentials.credentials)
     if principal is None:
         raise Unauthorized("unknown or revoked API key")
     return principal
@@ -120,7 +132,7 @@ ServiceDep = Annotated[UsageService, Depends(get_service)]
 PrincipalDep = Annotated[auth.Principal, Depends(get_principal)]
 
 
-def usage_query(
+async def usage_query(
     request: Request,
     service: ServiceDep,
     principal: PrincipalDep,
@@ -215,9 +227,12 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         return JSONResponse({"detail": "the database is unavailable; try again"}, status_code=503)
 
     @app.get("/api/aggregations/usage", response_model=UsageOut, responses=ERRORS)
-    def usage(service: ServiceDep, query: QueryDep) -> Response:
+    async def usage(service: ServiceDep, query: QueryDep) -> Response:
         """Usage per organization (platform), per agent (org) or for one agent, in buckets."""
-        return Response(service.report_json(query), media_type="application/json")
+        body = service.cached_json(query)
+        if body is None:
+            body = await run_in_threadpool(service.report_json, query)
+        return Response(body, media_type="application/json")
 
     @app.get(
         "/api/aggregations/usage.csv",
@@ -260,7 +275,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         )
 
     @app.get("/api/ping", include_in_schema=False)
-    def ping() -> Response:
+    async def ping() -> Response:
         return Response(b'{"ok":true}', media_type="application/json")
 
     @app.get("/", include_in_schema=False)

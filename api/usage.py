@@ -286,6 +286,17 @@ class UsageService:
             self._checked = now
         return self._freshness
 
+    def cached_json(self, query: UsageQuery) -> bytes | None:
+        """The cached response, when it is known to be current without asking the database."""
+        fresh = self._freshness
+        if fresh is None or time.monotonic() - self._checked >= self.check_seconds:
+            return None
+        with self._lock:
+            cached = self._cache.get((query, fresh.run_id))
+            if cached is not None:
+                self._cache.move_to_end((query, fresh.run_id))
+            return cached
+
     def report_json(self, query: UsageQuery) -> bytes:
         fresh = self.freshness()
         key = (query, fresh.run_id)

@@ -16,9 +16,9 @@ from etl import runs, source
 from etl.db import Databases, Doc, mask_uri, plain_error
 from etl.settings import Settings
 
-# Days per aggregation and per write transaction: large enough to amortise round trips,
-# small enough that a transaction stays far below MongoDB's limits.
-BATCH_DAYS = 7
+# A batch (one aggregation, one write transaction) never crosses a calendar month, so each
+# month's totals move once per batch; a month of rows stays far below transaction limits.
+BATCH_DAYS = 31
 # updatedAt is set by application servers whose clocks may run behind this one.
 CLOCK_SKEW = timedelta(minutes=10)
 MEASURES = ("conversations", "messages", "handoffs")
@@ -58,14 +58,14 @@ def day_range(first: date, last: date) -> list[date]:
 
 
 def batches(days: Iterable[date], size: int = BATCH_DAYS) -> Iterator[tuple[date, date]]:
-    """Split days into contiguous (first, last) runs of at most `size` days."""
+    """Split days into contiguous (first, last) runs of at most `size` days within a month."""
     ordered = sorted(set(days))
     start = prev = None
     count = 0
     for day in ordered:
         if start is None or prev is None:
             start, prev, count = day, day, 1
-        elif day == prev + timedelta(days=1) and count < size:
+        elif day == prev + timedelta(days=1) and count < size and day.month == prev.month:
             prev, count = day, count + 1
         else:
             yield start, prev

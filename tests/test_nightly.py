@@ -90,21 +90,26 @@ def test_a_failed_run_is_recorded_and_keeps_earlier_rows(dbs: Databases) -> None
 
 def test_an_interrupted_backfill_is_recorded_failed_and_days_stay_whole(dbs: Databases) -> None:
     now = datetime(2026, 10, 20, 2, 0)
-    for day in range(1, 15):
-        dbs.source.requests.insert_one(make_request(createdAt=datetime(2026, 10, day, 8, 0)))
-    rollup.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 14), now, lambda: now)
+    first, last = date(2026, 9, 25), date(2026, 10, 8)
+    for day in rollup.day_range(first, last):
+        dbs.source.requests.insert_one(
+            make_request(createdAt=datetime(day.year, day.month, day.day, 8))
+        )
+    rollup.run_backfill(dbs, first, last, now, lambda: now)
     dbs.source.requests.update_many({}, {"$set": {"depth": 7}})
 
     def interrupt(days: int) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        rollup.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 14), now, lambda: now, interrupt)
+        rollup.run_backfill(dbs, first, last, now, lambda: now, interrupt)
     failed = dbs.rollup.etl_runs.find_one({"status": "failed"})
-    assert failed is not None
+    assert failed is not None and failed["error"] == "interrupted"
     messages = {r["day"]: r["messages"] for r in dbs.usage_daily().find()}
-    # The first batch of seven days was replaced whole; the rest kept their earlier rows.
-    assert messages == {f"2026-10-{d:02d}": 7 if d <= 7 else 5 for d in range(1, 15)}
+    # The first batch (the September days) was replaced whole; October kept its earlier rows.
+    assert messages == {
+        day.isoformat(): 7 if day.month == 9 else 5 for day in rollup.day_range(first, last)
+    }
     assert runs.current_lock(dbs.rollup) is None
 
 

@@ -224,3 +224,29 @@ def test_monthly_rows_follow_every_replacement_of_days(dbs: Databases) -> None:
         f"{a}:{BOT_1}:2026-09": (1, 5, 0),
         f"{a}:{BOT_1}:2026-10": (2, 14, 1),
     }
+
+
+def test_rollup_batches_never_cross_a_month() -> None:
+    days = rollup.day_range(date.fromisoformat("2026-01-20"), date.fromisoformat("2026-03-05")) + [
+        date.fromisoformat("2026-03-09"),
+        date.fromisoformat("2026-03-10"),
+    ]
+    assert [(a.isoformat(), b.isoformat()) for a, b in rollup.batches(days)] == [
+        ("2026-01-20", "2026-01-31"),
+        ("2026-02-01", "2026-02-28"),
+        ("2026-03-01", "2026-03-05"),
+        ("2026-03-09", "2026-03-10"),
+    ]
+    assert (
+        len(
+            list(
+                rollup.batches(
+                    rollup.day_range(
+                        date.fromisoformat("2026-01-01"), date.fromisoformat("2026-01-31")
+                    ),
+                    size=10,
+                )
+            )
+        )
+        == 4
+    )

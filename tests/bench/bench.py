@@ -1,8 +1,9 @@
 """Benchmarks: the rollup and the usage API against the direct-query baseline.
 
-Run with `make bench` (or `python -m tests.bench.bench --size standard`). The database server
-runs in its own process so that the ETL's CPU time and memory are its own. Prints one table of
-figures, targets and pass/short, and writes the same as JSON.
+Run with `make bench` (standard dataset) or `make bench SIZE=small`. The database server and
+the API server run in processes of their own, so the ETL's CPU time and memory are its own.
+Prints each figure with its target as it is measured, then one table, and writes the same as
+JSON to bench-results/.
 """
 
 import argparse
@@ -10,22 +11,23 @@ import http.client
 import json
 import os
 import platform
-import resource
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from api import auth
 from api.auth import Principal
-from api.usage import UsageService, resolve_query
+from api.buckets import default_range
+from api.usage import UsageQuery, UsageService, resolve_query
 from etl import indexes, rollup, sample, source
 from etl.db import Databases, connect
 from etl.jobs import utcnow
@@ -33,6 +35,33 @@ from etl.settings import Settings
 
 SIZES = {"small": sample.SMALL, "standard": sample.STANDARD}
 STAFF = Principal("bench", "bench", None)
+Figure = tuple[str, float, str, bool | None]
+
+# Runs `usage` in a child that reports its own wall time (from after imports), CPU time and
+# peak memory to the file named by its first argument.
+LAUNCHER = """
+import atexit, json, resource, sys, time
+out = sys.argv.pop(1)
+from etl import cli
+started = time.perf_counter()
+def report():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    with open(out, "w") as f:
+        json.dump({"wall": time.perf_counter() - started, "cpu": usage.ru_utime + usage.ru_stime,
+                   "rss_mb": usage.ru_maxrss / 1024}, f)
+atexit.register(report)
+cli.main()
+"""
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.figures: list[Figure] = []
+
+    def add(self, name: str, value: float, target: str = "", ok: bool | None = None) -> None:
+        self.figures.append((name, value, target, ok))
+        verdict = "" if ok is None else ("pass" if ok else "short")
+        print(f"{name:<40}{value:>12.3f}  {target:<9}{verdict}", flush=True)
 
 
 def free_port() -> int:
@@ -43,7 +72,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(storage: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_database(storage: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     exe = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or "secantusd-py"
     proc = subprocess.Popen(
@@ -53,21 +82,30 @@ def start_server(storage: Path) -> tuple[subprocess.Popen[bytes], str]:
     )
     uri = f"mongodb://127.0.0.1:{port}/"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while True:
+        probe = connect(Settings(mongodb_uri=uri, server_selection_timeout_ms=500), uri)
         try:
-            connect(Settings(mongodb_uri=uri), uri).ping()
+            probe.ping()
             return proc, uri
         except Exception:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
             time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the database server did not start")
+        finally:
+            probe.close()
 
 
-def emit(results: list[tuple[str, float, str, bool | None]], shown: list[int]) -> None:
-    for name, value, target, ok in results[shown[0] :]:
-        verdict = "" if ok is None else ("pass" if ok else "short")
-        print(f"{name:<34}{value:>12.3f}  {target:<10}{verdict}", flush=True)
-    shown[0] = len(results)
+def run_child(args: list[str], env: dict[str, str]) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        subprocess.run(
+            [sys.executable, "-c", LAUNCHER, report.name, *args],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return json.loads(Path(report.name).read_text())  # type: ignore[no-any-return]
 
 
 def median_ms(func: Callable[[], object], runs: int) -> float:
@@ -79,13 +117,75 @@ def median_ms(func: Callable[[], object], runs: int) -> float:
     return statistics.median(times)
 
 
-def baseline(dbs: Databases, query: Any) -> dict[str, int]:
+def prepare(uri: str, db: str, spec: sample.SampleSpec, now: datetime) -> Databases:
+    made = sample.make_sample(spec)
+    settings = Settings(
+        mongodb_uri=uri, source_db=db, internal_org_ids=made.internal_ids, cache_check_seconds=3600
+    )
+    dbs = connect(settings, uri)
+    started = time.perf_counter()
+    count = sample.load_sample(dbs, spec, now)
+    print(f"{db}: loaded {count} requests in {time.perf_counter() - started:.1f}s", flush=True)
+    indexes.report(dbs, apply=True)
+    return dbs
+
+
+def env_of(dbs: Databases) -> dict[str, str]:
+    return {
+        **os.environ,
+        "USAGE_MONGODB_URI": dbs.uri,
+        "USAGE_SOURCE_DB": dbs.settings.source_db,
+        "USAGE_INTERNAL_ORG_IDS": json.dumps(dbs.settings.internal_org_ids),
+    }
+
+
+def backfill_child(dbs: Databases, first: Any, last: Any) -> dict[str, float]:
+    args = ["backfill", "--start", str(first), "--end", str(last)]
+    return run_child(args, env_of(dbs))
+
+
+def bare_floor(dbs: Databases, first: Any, last: Any) -> float:
+    """The aggregation and a bulk write of the same rows into an identically indexed
+    collection, with nothing else: what a backfill cannot go below."""
+    scratch = dbs.rollup["bench_floor"]
+    scratch.drop()
+    for info in dbs.usage_daily().list_indexes():
+        if info["name"] != "_id_":
+            scratch.create_index(list(info["key"].items()), unique=info.get("unique", False))
+    started = time.perf_counter()
+    batch: list[dict[str, Any]] = []
+    for doc in dbs.requests().aggregate(
+        source.rollup_pipeline(first, last, dbs.settings), allowDiskUse=True
+    ):
+        key = doc["_id"]
+        if key.get("skip"):
+            continue
+        batch.append(
+            {
+                "_id": rollup.row_id(key["org"], key["agent"], key["day"]),
+                "org_id": key["org"],
+                "agent_id": key["agent"],
+                "day": key["day"],
+                **{name: int(doc[name]) for name in rollup.MEASURES},
+            }
+        )
+        if len(batch) >= 5000:
+            scratch.insert_many(batch, ordered=False)
+            batch = []
+    if batch:
+        scratch.insert_many(batch, ordered=False)
+    elapsed = time.perf_counter() - started
+    scratch.drop()
+    return elapsed
+
+
+def baseline(dbs: Databases, query: UsageQuery) -> dict[str, int]:
     """The earlier dashboard: aggregate `requests` directly with the billable filter."""
     settings = dbs.settings
     first, last = source.utc_range(query.first, query.last, settings.zone)
     match: dict[str, Any] = {"createdAt": {"$gte": first, "$lt": last}}
     match.update(source.billable_match(settings))
-    pipeline = [
+    pipeline: list[dict[str, Any]] = [
         {"$match": match},
         {"$project": {"org": {"$toString": "$id_organization"}, "agent": "$attributes.bot_id"}},
     ]
@@ -93,7 +193,7 @@ def baseline(dbs: Databases, query: Any) -> dict[str, int]:
         pipeline.append({"$match": {"org": query.org_id}})
     group = "$org" if query.scope == "platform" else "$agent"
     pipeline.append({"$group": {"_id": group, "n": {"$sum": 1}}})
-    out = {}
+    out: dict[str, int] = {}
     for doc in dbs.requests().aggregate(pipeline, allowDiskUse=True):
         key = str(doc["_id"]).lower() if doc["_id"] else "unattributed"
         if query.scope == "platform" and (
@@ -107,47 +207,108 @@ def baseline(dbs: Databases, query: Any) -> dict[str, int]:
 
 
 def rollup_totals(report: dict[str, Any]) -> dict[str, int]:
-    rows = report["rows"]
-    return {
-        row["id"]: row["totals"]["conversations"] for row in rows if row["totals"]["conversations"]
-    }
+    totals = {row["id"]: row["totals"]["conversations"] for row in report["rows"]}
+    return {key: value for key, value in totals.items() if value}
 
 
-def http_load(base: str, key: str, paths: list[str], clients: int, seconds: float) -> list[float]:
-    host, port = base.removeprefix("http://").split(":")
-    latencies: list[float] = []
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
+def dashboard_mix(dbs: Databases, today: Any, spec: sample.SampleSpec) -> list[dict[str, str]]:
+    made = sample.make_sample(spec)
+    org = made.organizations[spec.internal]
+    org_id = str(org["_id"])
+    agent_id = str(made.bots_of(org["_id"])[0]["_id"])
+    six_first, six_last = default_range("platform", today)
+    return [
+        {"scope": "platform"},
+        {"scope": "org", "org_id": org_id, "start": str(six_first), "end": str(six_last)},
+        {
+            "scope": "org",
+            "org_id": org_id,
+            "start": str(today - timedelta(days=29)),
+            "end": str(today),
+        },
+        {
+            "scope": "agent",
+            "org_id": org_id,
+            "agent_id": agent_id,
+            "start": str(today - timedelta(days=6)),
+            "end": str(today),
+        },
+        {
+            "scope": "platform",
+            "start": str(today - timedelta(days=45)),
+            "end": str(today - timedelta(days=10)),
+        },
+    ]
 
-    def worker(n: int) -> None:
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        mine = []
-        i = n
-        while time.monotonic() < stop:
-            started = time.perf_counter()
-            conn.request("GET", paths[i % len(paths)], headers={"Authorization": f"Bearer {key}"})
-            response = conn.getresponse()
-            response.read()
-            mine.append((time.perf_counter() - started) * 1000)
-            i += 1
-        conn.close()
-        with lock:
-            latencies.extend(mine)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return latencies
+def to_query(params: dict[str, str], today: Any, settings: Settings) -> UsageQuery:
+    return resolve_query(
+        scope=params["scope"],  # type: ignore[arg-type]
+        org_id=params.get("org_id"),
+        agent_id=params.get("agent_id"),
+        start=params.get("start") or None,
+        end=params.get("end") or None,
+        granularity="auto",
+        include_internal=False,
+        principal=STAFF,
+        today=today,
+        settings=settings,
+    )
 
 
-def wait_for_http(base: str, timeout: float = 60.0) -> None:
-    host, port = base.removeprefix("http://").split(":")
+def wrk_latency(
+    url: str, key: str, paths: list[str], clients: int, seconds: float
+) -> dict[str, float]:
+    """p50 and p99 in ms and requests served, by wrk with a script rotating over `paths`."""
+    script = "\n".join(
+        [
+            "local paths = {" + ",".join(json.dumps(p) for p in paths) + "}",
+            "local i = 0",
+            f'wrk.headers["Authorization"] = "Bearer {key}"',
+            "request = function() i = i + 1; return wrk.format(nil, paths[(i % #paths) + 1]) end",
+        ]
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        lua.write(script)
+        lua.flush()
+        threads = min(clients, 2)
+        result = subprocess.run(
+            [
+                "wrk",
+                "-t",
+                str(threads),
+                "-c",
+                str(clients),
+                "-d",
+                f"{seconds}s",
+                "--latency",
+                "-s",
+                lua.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    text = result.stdout
+
+    def ms(label: str) -> float:
+        match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        assert match, text
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    served = re.search(r"(\d+) requests in", text)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    assert not errors, f"wrk saw errors: {text}"
+    return {"p50": ms("50%"), "p99": ms("99%"), "requests": float(served.group(1)) if served else 0}
+
+
+def wait_for_http(host: str, port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            conn = http.client.HTTPConnection(host, int(port), timeout=2)
+            conn = http.client.HTTPConnection(host, port, timeout=2)
             conn.request("GET", "/api/ping")
             conn.getresponse().read()
             conn.close()
@@ -157,208 +318,182 @@ def wait_for_http(base: str, timeout: float = 60.0) -> None:
     raise RuntimeError("the API server did not start")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def nightly_seconds(dbs: Databases, now: datetime, runs: int) -> float:
+    rollup.run_nightly(dbs, now, lambda: now)
+    times = []
+    for n in range(runs):
+        later = now + timedelta(minutes=30 * (n + 1))
+        started = time.perf_counter()
+        rollup.run_nightly(dbs, later, lambda at=later: at)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def plan_stages(plan: Any) -> str:
+    stages = []
+    while isinstance(plan, dict):
+        stage = plan.get("stage", "?")
+        stages.append(f"{stage}({plan['indexName']})" if "indexName" in plan else stage)
+        plan = plan.get("inputStage")
+    return " <- ".join(stages)
+
+
+def show_plans(dbs: Databases, now: datetime) -> None:
+    today = rollup.local_today(now, dbs.settings)
+    shapes = {
+        "window": source.rollup_pipeline(today - timedelta(days=3), today, dbs.settings),
+        "changed days": source.changed_days_pipeline(now - timedelta(hours=1), today, dbs.settings),
+    }
+    for name, pipeline in shapes.items():
+        explained = dbs.source.command(
+            "explain", {"aggregate": "requests", "pipeline": pipeline, "cursor": {}}
+        )
+        planner = explained.get("queryPlanner") or explained.get("stages", [{}])[0].get(
+            "$cursor", {}
+        ).get("queryPlanner", {})
+        print(
+            f"plan of the nightly {name} query: {plan_stages(planner.get('winningPlan'))}",
+            flush=True,
+        )
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--size", choices=sorted(SIZES), default="standard")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
     spec = SIZES[args.size]
+    bench = Bench()
     workdir = Path(tempfile.mkdtemp(prefix="usage-bench-"))
-    proc, uri = start_server(workdir / "db")
-    results: list[tuple[str, float, str, bool | None]] = []
-    shown = [0]
+    database, uri = start_database(workdir / "db")
     try:
-        now = utcnow()
-        settings = Settings(mongodb_uri=uri, source_db="bench", cache_check_seconds=3600)
-        dbs = connect(settings, uri)
-        made = sample.make_sample(spec)
-        dbs.settings = settings = settings.model_copy(
-            update={"internal_org_ids": made.internal_ids}
-        )
-        started = time.perf_counter()
-        count = sample.load_sample(dbs, spec, now)
-        print(f"loaded {count} requests in {time.perf_counter() - started:.1f}s", flush=True)
-        indexes.report(dbs, apply=True)
-        today = rollup.local_today(now, settings)
-        first = today - timedelta(days=spec.days)
-        last = today - timedelta(days=1)
-
-        # Backfill in a child process: its wall time, CPU time and peak memory.
-        env = {
-            **os.environ,
-            "USAGE_MONGODB_URI": uri,
-            "USAGE_SOURCE_DB": "bench",
-            "USAGE_INTERNAL_ORG_IDS": json.dumps(made.internal_ids),
-        }
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "etl.cli",
-                "backfill",
-                "--start",
-                str(first),
-                "--end",
-                str(last),
-            ],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wall = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        rss_mb = after.ru_maxrss / 1024
-        # The floor: the bare aggregation and bulk write of the same rows, measured alone.
-        started = time.perf_counter()
-        scratch = dbs.rollup["bench_scratch"]
-        batch: list[dict[str, Any]] = []
-        pipeline = source.rollup_pipeline(first, last, settings)
-        for doc in dbs.requests().aggregate(pipeline, allowDiskUse=True):
-            batch.append({"k": doc["_id"], "c": doc["conversations"]})
-        if batch:
-            scratch.insert_many(batch)
-        floor = time.perf_counter() - started
-        scratch.drop()
-        results += [
-            ("backfill wall (s)", wall, "", None),
-            ("backfill CPU share of wall", cpu / wall, "<= 0.15", cpu / wall <= 0.15),
-            ("backfill wall / bare agg+write", wall / floor, "<= 1.3", wall / floor <= 1.3),
-            ("backfill peak RSS (MB)", rss_mb, "<= 150", rss_mb <= 150),
-        ]
-        emit(results, shown)
-        rollup.run_nightly(dbs, utcnow(), utcnow)
-
-        # The dashboard mix: rollup (warm and cold) against the baseline.
-        org = made.organizations[spec.internal]
-        org_id = str(org["_id"])
-        agent_id = str(made.bots_of(org["_id"])[0]["_id"])
-        mix = [
-            {"scope": "platform"},
-            {
-                "scope": "org",
-                "org_id": org_id,
-                "start": str(first.replace(day=1) + timedelta(days=31)),
-                "end": str(last),
-            },
-            {"scope": "org", "org_id": org_id},
-            {
-                "scope": "agent",
-                "org_id": org_id,
-                "agent_id": agent_id,
-                "start": str(today - timedelta(days=6)),
-                "end": str(today),
-            },
-            {
-                "scope": "platform",
-                "start": str(today - timedelta(days=45)),
-                "end": str(today - timedelta(days=10)),
-            },
-        ]
-        queries = [
-            resolve_query(
-                scope=m["scope"],
-                org_id=m.get("org_id"),
-                agent_id=m.get("agent_id"),
-                start=m.get("start"),
-                end=m.get("end"),
-                granularity="auto",
-                include_internal=False,
-                principal=STAFF,
-                today=today,
-                settings=settings,
-            )
-            for m in mix
-        ]
-        service = UsageService(dbs, 3600)
-        for query in queries:
-            report = service.report(query, service.freshness())
-            direct = baseline(dbs, query)
-            assert rollup_totals(report) == direct, f"rollup and baseline disagree for {query}"
-        base_ms = median_ms(lambda: [baseline(dbs, q) for q in queries], max(3, args.runs // 2))
-        warm_ms = median_ms(lambda: [service.report_json(q) for q in queries], args.runs)
-        cold_ms = median_ms(lambda: UsageService(dbs, 0).report_json(queries[0]), args.runs)
-        base_platform = median_ms(lambda: baseline(dbs, queries[0]), max(3, args.runs // 2))
-        results += [
-            ("mix baseline (ms)", base_ms, "", None),
-            ("mix warm (ms)", warm_ms, "", None),
-            ("mix warm speed-up", base_ms / warm_ms, ">= 100", base_ms / warm_ms >= 100),
-            ("platform cold p50 (ms)", cold_ms, "<= 200", cold_ms <= 200),
-            (
-                "platform cold speed-up",
-                base_platform / cold_ms,
-                ">= 10",
-                base_platform / cold_ms >= 10,
-            ),
-        ]
-        emit(results, shown)
-
-        # Over HTTP: 16 clients against a real server process.
-        port = free_port()
-        key = auth.create_key(dbs.rollup, "bench", None, now)[1]
-        server = subprocess.Popen(
-            [sys.executable, "-m", "etl.cli", "serve", "--port", str(port)],
-            env={**env, "USAGE_CACHE_CHECK_SECONDS": "2"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_http(base)
-            paths = [
-                "/api/aggregations/usage?" + "&".join(f"{k}={v}" for k, v in m.items()) for m in mix
-            ]
-            http_load(base, key, paths, 4, 1.0)  # warm the cache
-            latencies = http_load(base, key, paths, 16, args.seconds)
-            floor_lat = http_load(base, key, ["/api/ping"], 1, 3.0)
-            warm_one = http_load(base, key, paths[:1], 1, 3.0)
-        finally:
-            server.terminate()
-            server.wait(timeout=20)
-        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-        floor_ratio = statistics.median(warm_one) / statistics.median(floor_lat)
-        results += [
-            ("http 16 clients p50 (ms)", p50, "<= 5", p50 <= 5),
-            ("http 16 clients p99 (ms)", p99, "<= 25", p99 <= 25),
-            ("http requests served", float(len(latencies)), "", None),
-            ("warm usage / trivial endpoint", floor_ratio, "<= 2", floor_ratio <= 2),
-        ]
-        emit(results, shown)
-        dbs.close()
+        measure(bench, uri, spec, args)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        database.terminate()
+        database.wait(timeout=60)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\n{'figure':<34}{'value':>12}  {'target':<10}result")
-    emit(results, [0])
+    print(f"\n{'figure':<40}{'value':>12}  {'target':<9}result")
+    for name, value, target, ok in bench.figures:
+        verdict = "" if ok is None else ("pass" if ok else "short")
+        print(f"{name:<40}{value:>12.3f}  {target:<9}{verdict}")
     args.out.mkdir(exist_ok=True)
-    report_path = args.out / f"bench-{args.size}.json"
-    report_path.write_text(
+    path = args.out / f"bench-{args.size}.json"
+    path.write_text(
         json.dumps(
             {
                 "size": args.size,
-                "requests": count,
-                "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+                "machine": machine(),
                 "when": datetime.now().isoformat(timespec="seconds"),
                 "figures": [
-                    {"name": n, "value": v, "target": t, "pass": ok} for n, v, t, ok in results
+                    {"name": n, "value": round(v, 4), "target": t, "pass": ok}
+                    for n, v, t, ok in bench.figures
                 ],
             },
             indent=2,
         )
     )
-    print(f"\nwritten to {report_path}")
+    print(f"\nwritten to {path}")
+
+
+def measure(bench: Bench, uri: str, spec: sample.SampleSpec, args: argparse.Namespace) -> None:
+    now = utcnow()
+    dbs = prepare(uri, "bench", spec, now)
+    settings = dbs.settings
+    today = rollup.local_today(now, settings)
+    first, last = today - timedelta(days=spec.days), today - timedelta(days=1)
+
+    # 4 and 6: the six-month backfill, in a child process of its own.
+    child = backfill_child(dbs, first, last)
+    floor = bare_floor(dbs, first, last)
+    bench.add("backfill wall (s)", child["wall"])
+    bench.add("backfill bare aggregation + write (s)", floor)
+    bench.add(
+        "backfill CPU / wall",
+        child["cpu"] / child["wall"],
+        "<= 0.15",
+        child["cpu"] / child["wall"] <= 0.15,
+    )
+    bench.add("backfill wall / bare", child["wall"] / floor, "<= 1.3", child["wall"] / floor <= 1.3)
+    bench.add("backfill peak RSS (MB)", child["rss_mb"], "<= 150", child["rss_mb"] <= 150)
+    if spec != sample.SMALL:
+        small = prepare(uri, "bench_small", sample.SMALL, now)
+        small_child = backfill_child(small, first, last)
+        ratio = child["rss_mb"] / small_child["rss_mb"]
+        bench.add("backfill peak RSS standard / small", ratio, "<= 1.2", ratio <= 1.2)
+        small.close()
+    rollup.run_nightly(dbs, utcnow(), utcnow)
+
+    # 1 and 2: the dashboard mix from the rollup (warm and cold) against the baseline.
+    mix = dashboard_mix(dbs, today, spec)
+    queries = [to_query(params, today, settings) for params in mix]
+    service = UsageService(dbs, 3600)
+    for query in queries:
+        report = service.report(query, service.freshness())
+        assert rollup_totals(report) == baseline(dbs, query), f"rollup and baseline differ: {query}"
+    base_mix = median_ms(lambda: [baseline(dbs, q) for q in queries], 3)
+    warm_mix = median_ms(lambda: [service.report_json(q) for q in queries], args.runs)
+    bench.add("mix baseline (ms)", base_mix)
+    bench.add("mix warm (ms)", warm_mix)
+    bench.add("mix warm speed-up", base_mix / warm_mix, ">= 100", base_mix / warm_mix >= 100)
+    cold = median_ms(lambda: UsageService(dbs, 0).report_json(queries[0]), args.runs)
+    base_platform = median_ms(lambda: baseline(dbs, queries[0]), 3)
+    bench.add("platform view cold p50 (ms)", cold, "<= 200", cold <= 200)
+    bench.add(
+        "platform view cold speed-up", base_platform / cold, ">= 10", base_platform / cold >= 10
+    )
+
+    # 1 and 3: over HTTP, against a real server process.
+    port = free_port()
+    key = auth.create_key(dbs.rollup, "bench", None, now)[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "etl.cli", "serve", "--port", str(port)],
+        env={**env_of(dbs), "USAGE_CACHE_CHECK_SECONDS": "2"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http("127.0.0.1", port)
+        base = f"http://127.0.0.1:{port}"
+        paths = [
+            "/api/aggregations/usage?" + "&".join(f"{k}={v}" for k, v in m.items() if v)
+            for m in mix
+        ]
+        if shutil.which("wrk") is None:
+            print("wrk is not installed (apt-get install wrk): HTTP figures skipped", flush=True)
+            return
+        wrk_latency(base, key, paths, 4, 2)  # warm the cache
+        load = wrk_latency(base, key, paths, 16, args.seconds)
+        bench.add("http 16 clients p50 (ms)", load["p50"], "<= 5", load["p50"] <= 5)
+        bench.add("http 16 clients p99 (ms)", load["p99"], "<= 25", load["p99"] <= 25)
+        bench.add("http 16 clients requests/s", load["requests"] / args.seconds)
+        trivial = wrk_latency(base, key, ["/api/ping"], 1, 5)["p50"]
+        usage = wrk_latency(base, key, paths[:1], 1, 5)["p50"]
+        bench.add(
+            "warm usage / trivial endpoint (p50)", usage / trivial, "<= 2", usage / trivial <= 2
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    # 5: the nightly run at the same daily volume over 6 and 12 months of history.
+    history = replace(sample.SMALL, seed=11)
+    short = prepare(uri, "hist6", replace(history, days=183), now)
+    long = prepare(uri, "hist12", replace(history, days=365), now)
+    show_plans(long, now)
+    six, twelve = nightly_seconds(short, now, 3), nightly_seconds(long, now, 3)
+    bench.add("nightly, 6 months of history (s)", six)
+    bench.add("nightly, 12 months of history (s)", twelve)
+    bench.add("nightly 12 / 6 months", twelve / six, "<= 1.3", twelve / six <= 1.3)
+    short.close()
+    long.close()
+    dbs.close()
 
 
 if __name__ == "__main__":
