@@ -2,9 +2,10 @@
 
 import csv
 import io
+import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ from pymongo.errors import PyMongoError
 
 from api import auth
 from api.buckets import GranularityChoice, Scope
+from api.fastpath import FastPath
 from api.usage import Forbidden, ParamError, UsageQuery, UsageService, resolve_query
 from etl import rollup, runs
 from etl.db import Databases, DatabaseUnavailable
@@ -73,29 +75,44 @@ class ErrorOut(BaseModel):
 
 
 class KeyCache:
-    """Verified keys for a few seconds, so a request costs no key lookup."""
+    """Verified keys for `ttl` seconds, so a request costs no key lookup.
+
+    An expired entry is still answered from memory while one background thread looks the key
+    up again, so a revocation takes effect within `ttl` plus one lookup.
+    """
 
     def __init__(self, db_lookup: Callable[[str], auth.Principal | None], ttl: float) -> None:
         self.lookup = db_lookup
         self.ttl = ttl
         self.entries: dict[str, tuple[float, auth.Principal | None]] = {}
+        self.refreshing: set[str] = set()
 
     def cached(self, secret: str) -> tuple[bool, auth.Principal | None]:
-        """(found, principal) without touching the database."""
+        """(found, principal) without waiting on the database."""
         hit = self.entries.get(secret)
-        if hit is not None and time.monotonic() - hit[0] < self.ttl:
-            return True, hit[1]
-        return False, None
+        if hit is None or self.ttl == 0:
+            return False, None
+        if time.monotonic() - hit[0] >= self.ttl and secret not in self.refreshing:
+            self.refreshing.add(secret)
+            threading.Thread(target=self._refresh, args=(secret,), daemon=True).start()
+        return True, hit[1]
 
-    def get(self, secret: str) -> auth.Principal | None:
-        now = time.monotonic()
-        found, principal = self.cached(secret)
-        if found:
-            return principal
+    def _refresh(self, secret: str) -> None:
+        try:
+            self.get(secret, force=True)
+        except PyMongoError:
+            pass  # keep the last answer; a request that needs the database reports it
+        finally:
+            self.refreshing.discard(secret)
+
+    def get(self, secret: str, force: bool = False) -> auth.Principal | None:
+        hit = self.entries.get(secret)
+        if not force and hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
         principal = self.lookup(secret)
         if len(self.entries) > 10_000:
             self.entries.clear()
-        self.entries[secret] = (now, principal)
+        self.entries[secret] = (time.monotonic(), principal)
         return principal
 
 
@@ -198,6 +215,13 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
     )
     app.state.clock = clock
 
+    def today() -> date:
+        return rollup.local_today(clock(), settings)
+
+    app.add_middleware(
+        FastPath, service=app.state.service, principal_of=app.state.keys.cached, today=today
+    )
+
     @app.exception_handler(ParamError)
     def param_error(request: Request, exc: ParamError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "parameter": exc.param}, status_code=422)
@@ -227,11 +251,14 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         return JSONResponse({"detail": "the database is unavailable; try again"}, status_code=503)
 
     @app.get("/api/aggregations/usage", response_model=UsageOut, responses=ERRORS)
-    async def usage(service: ServiceDep, query: QueryDep) -> Response:
+    async def usage(
+        request: Request, service: ServiceDep, principal: PrincipalDep, query: QueryDep
+    ) -> Response:
         """Usage per organization (platform), per agent (org) or for one agent, in buckets."""
         body = service.cached_json(query)
         if body is None:
             body = await run_in_threadpool(service.report_json, query)
+        service.remember_raw(principal.key_id, request.scope["query_string"], today(), body)
         return Response(body, media_type="application/json")
 
     @app.get(

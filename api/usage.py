@@ -10,6 +10,7 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from api.auth import Principal, is_object_id
 from api.buckets import (
@@ -272,45 +273,90 @@ class UsageService:
         self._freshness: Freshness | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._refreshing = False
 
-    def freshness(self) -> Freshness:
-        """The latest completed run, re-read at most every `check_seconds`."""
-        now = time.monotonic()
-        if self._freshness is None or now - self._checked >= self.check_seconds:
+    def _due(self) -> bool:
+        return self._freshness is None or time.monotonic() - self._checked >= self.check_seconds
+
+    def _refresh(self) -> None:
+        with self._refresh_lock:  # one reader of the run records at a time
+            if not self._due():
+                return
             latest = runs.latest_finished_run(self.dbs.rollup)
             self._freshness = Freshness(
                 run_id=str(latest["_id"]) if latest else None,
                 data_through=runs.data_through(self.dbs.rollup),
                 finished_at=latest.get("finished_at") if latest else None,
             )
-            self._checked = now
+            self._checked = time.monotonic()
+
+    def _refresh_in_background(self) -> None:
+        try:
+            self._refresh()
+        except PyMongoError:
+            pass  # the next request that needs the database reports it
+        finally:
+            self._refreshing = False
+
+    def freshness(self) -> Freshness:
+        """The latest completed run, re-read at most every `check_seconds`."""
+        if self._due():
+            self._refresh()
+        assert self._freshness is not None
         return self._freshness
 
-    def cached_json(self, query: UsageQuery) -> bytes | None:
-        """The cached response, when it is known to be current without asking the database."""
-        fresh = self._freshness
-        if fresh is None or time.monotonic() - self._checked >= self.check_seconds:
-            return None
-        with self._lock:
-            cached = self._cache.get((query, fresh.run_id))
-            if cached is not None:
-                self._cache.move_to_end((query, fresh.run_id))
-            return cached
+    def known_run(self) -> Freshness | None:
+        """The latest run as last read, without waiting on the database; None when unknown.
 
-    def report_json(self, query: UsageQuery) -> bytes:
-        fresh = self.freshness()
-        key = (query, fresh.run_id)
+        When the run records are due for a look, one background thread reads them while
+        callers go on with what is known: no request waits for that check.
+        """
+        fresh = self._freshness
+        if fresh is None or self.check_seconds == 0:
+            return None
+        if self._due() and not self._refreshing:
+            self._refreshing = True
+            threading.Thread(target=self._refresh_in_background, daemon=True).start()
+        return fresh
+
+    def _cached(self, key: tuple[Any, ...]) -> bytes | None:
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
-                return cached
-        body = json.dumps(self.report(query, fresh), separators=(",", ":")).encode()
+            return cached
+
+    def _store(self, key: tuple[Any, ...], body: bytes) -> None:
         if self.settings.cache_entries:
             with self._lock:
                 self._cache[key] = body
                 while len(self._cache) > self.settings.cache_entries:
                     self._cache.popitem(last=False)
+
+    def cached_json(self, query: UsageQuery) -> bytes | None:
+        """A cached response for a parsed query, or None."""
+        fresh = self.known_run()
+        return None if fresh is None else self._cached((query, fresh.run_id))
+
+    def cached_raw(self, key_id: str, query_string: bytes, today: date) -> bytes | None:
+        """A cached response for a caller's exact request, before any parsing, or None."""
+        fresh = self.known_run()
+        return None if fresh is None else self._cached((key_id, query_string, today, fresh.run_id))
+
+    def remember_raw(self, key_id: str, query_string: bytes, today: date, body: bytes) -> None:
+        fresh = self._freshness
+        if fresh is not None:
+            self._store((key_id, query_string, today, fresh.run_id), body)
+
+    def report_json(self, query: UsageQuery) -> bytes:
+        fresh = self.freshness()
+        key = (query, fresh.run_id)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        body = json.dumps(self.report(query, fresh), separators=(",", ":")).encode()
+        self._store(key, body)
         return body
 
     def report(self, query: UsageQuery, fresh: Freshness) -> Doc:

@@ -1,5 +1,6 @@
 """The usage API through the TestClient, on rows written straight into `usage_daily`."""
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
@@ -273,3 +274,28 @@ def test_clipped_months_count_only_their_days(api: Api) -> None:
         (B, [0, 5, 0]),
         (A, [0, 0, 3]),  # Oct 1 – 5 only: the row of Oct 20 is outside the range
     ]
+
+
+def test_warm_calls_are_answered_from_memory_per_key_until_a_new_run(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    dbs = make_dbs(cache_check_seconds=0.3)
+    dbs.usage_daily().insert_many([dict(row) for row in ROWS])
+    dbs.usage_monthly().insert_many(monthly_rows(ROWS))
+    add_run(dbs, "2026-11-24", datetime(2026, 11, 25, 2, 30))
+    staff = {"Authorization": f"Bearer {auth.create_key(dbs.rollup, 's', None, NOW)[1]}"}
+    customer = {"Authorization": f"Bearer {auth.create_key(dbs.rollup, 'c', B, NOW)[1]}"}
+    path = "/api/aggregations/usage?start=2026-09-01&end=2026-10-31"
+    with TestClient(create_app(dbs, clock=lambda: NOW)) as client:
+        first = client.get(path, headers=staff).json()
+        dbs.usage_daily().delete_many({})
+        dbs.usage_monthly().delete_many({})
+        assert client.get(path, headers=staff).json() == first  # from memory
+        theirs = client.get(path, headers=customer).json()  # another key: never staff's answer
+        assert (theirs["scope"], theirs["org_id"], theirs["rows"]) == ("org", B, [])
+        add_run(dbs, "2026-11-25", datetime(2026, 11, 25, 13, 0))
+        deadline = time.monotonic() + 5
+        while client.get(path, headers=staff).json()["data_through"] != "2026-11-25":
+            assert time.monotonic() < deadline, "a new run did not reach the cached answer"
+            time.sleep(0.05)
+        assert client.get(path, headers=staff).json()["rows"] == []

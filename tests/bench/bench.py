@@ -280,7 +280,7 @@ def wrk_latency(
                 "-c",
                 str(clients),
                 "-d",
-                f"{seconds}s",
+                f"{max(1, round(seconds))}s",
                 "--latency",
                 "-s",
                 lua.name,
