@@ -58,6 +58,7 @@ def test_drill_backfill_killed_at_ten_random_points_recovers_exactly(
     assert usage(*args, env=env).returncode == 0
     duration = time.monotonic() - started
     rng = random.Random(20261125)
+    landed = 0
     for _ in range(10):
         with subprocess.Popen([*COMMAND, *args], env=clean_env(env)) as proc:
             time.sleep(rng.uniform(0.15, 0.95) * duration)
@@ -65,6 +66,7 @@ def test_drill_backfill_killed_at_ten_random_points_recovers_exactly(
             proc.wait(timeout=30)
         killed = dbs.rollup.etl_runs.find_one({"status": runs.RUNNING})
         if killed is not None:
+            landed += 1
             assert runs.current_lock(dbs.rollup) is not None
         rerun = usage(*args, env=env)
         assert rerun.returncode == 0, rerun.stderr
@@ -75,8 +77,9 @@ def test_drill_backfill_killed_at_ten_random_points_recovers_exactly(
         assert verify.find_month_drift(dbs, first, last) == []
         assert rows(dbs) == expected
     statuses = Counter(run["status"] for run in dbs.rollup.etl_runs.find())
-    assert statuses[runs.RUNNING] == 0 and statuses[runs.OK] == 11
-    assert statuses[runs.ABANDONED] >= 5  # most kills landed inside a run
+    assert statuses[runs.RUNNING] == 0 and statuses[runs.FAILED] == 0
+    assert statuses[runs.ABANDONED] == landed
+    assert landed >= 5  # most kills landed inside a run, the others before or after one
 
 
 def test_drill_four_concurrent_rollups_run_one_at_a_time(
