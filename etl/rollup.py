@@ -199,8 +199,9 @@ def recompute(
 
 
 def count_bad_created_at(dbs: Databases, changed_since: datetime | None) -> int:
-    query = source.bad_created_at_filter(dbs.settings, changed_since)
-    return int(dbs.requests().count_documents(query))
+    pipeline = source.bad_created_at_pipeline(dbs.settings, changed_since)
+    counted = list(dbs.requests().aggregate(pipeline, allowDiskUse=True))
+    return int(counted[0]["n"]) if counted else 0
 
 
 def changed_days(dbs: Databases, changed_since: datetime, before: date) -> list[date]:

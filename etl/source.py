@@ -157,12 +157,19 @@ def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[st
     ]
 
 
-def bad_created_at_filter(settings: Settings, changed_since: datetime | None) -> dict[str, Any]:
-    """Billable-looking documents whose createdAt cannot place them on any day."""
-    query: dict[str, Any] = {**billable_match(settings), "createdAt": {"$not": {"$type": "date"}}}
+def bad_created_at_pipeline(
+    settings: Settings, changed_since: datetime | None
+) -> list[dict[str, Any]]:
+    """Count billable-looking documents whose createdAt cannot place them on any day.
+
+    With `changed_since`, only those updated since then: the updatedAt range comes first,
+    alone, so that the count reads recent documents only, however long the history.
+    """
+    stages: list[dict[str, Any]] = []
     if changed_since is not None:
-        query["updatedAt"] = {"$gte": changed_since}
-    return query
+        stages.append({"$match": {"updatedAt": {"$gte": changed_since}}})
+    unplaceable = {**billable_match(settings), "createdAt": {"$not": {"$type": "date"}}}
+    return [*stages, {"$match": unplaceable}, {"$count": "n"}]
 
 
 def changed_days_pipeline(

@@ -343,6 +343,7 @@ def show_plans(dbs: Databases, now: datetime) -> None:
     shapes = {
         "window": source.rollup_pipeline(today - timedelta(days=3), today, dbs.settings),
         "changed days": source.changed_days_pipeline(now - timedelta(hours=1), today, dbs.settings),
+        "unplaceable count": source.bad_created_at_pipeline(dbs.settings, now - timedelta(hours=1)),
     }
     for name, pipeline in shapes.items():
         explained = dbs.source.command(
