@@ -103,6 +103,9 @@ def test_an_organization_expands_into_its_agents_and_collapses(page: object, liv
     page.wait_for_selector("tr.agent:not(.loading-row)")
     names = page.locator("tr.agent td:first-child").all_inner_texts()
     assert names == [row["name"] for row in agents["rows"]]
+    page.check("input[name=metric][value=messages]")  # a redraw keeps the agents, in messages
+    totals = page.locator("tr.agent td:last-child").all_inner_texts()
+    assert numbers(totals) == [row["totals"]["messages"] for row in agents["rows"]]
     button.press("Enter")  # keyboard-operable
     assert button.get_attribute("aria-expanded") == "false"
     assert page.locator("tr.agent").count() == 0

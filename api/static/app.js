@@ -4,7 +4,9 @@
 const KEY_STORAGE = "usage.apiKey";
 const API = "/api/aggregations/usage";
 const $ = (id) => document.getElementById(id);
-const state = { report: null, metric: "conversations", expanded: new Map() };
+// expanded: organization id -> the agent rows shown under it (or its loading row);
+// agents: organization id -> its fetched agent report, kept while the range stays the same.
+const state = { report: null, metric: "conversations", expanded: new Map(), agents: new Map() };
 
 class HttpError extends Error {
   constructor(status, message) { super(message); this.status = status; }
@@ -81,6 +83,7 @@ async function load() {
   showMessage("");
   $("loading").hidden = false;
   state.expanded.clear();
+  state.agents.clear();
   try {
     const response = await request(API, currentParams());
     state.report = await response.json();
@@ -138,6 +141,8 @@ function rowCells(tr, row, report) {
 
 function render() {
   const report = state.report;
+  // An expansion still loading when the view redraws is dropped, not left half open.
+  [...state.expanded.keys()].forEach((id) => { if (!state.agents.has(id)) state.expanded.delete(id); });
   $("subtitle").textContent = subtitle(report);
   $("freshness").textContent = freshness(report);
   renderChart(report);
@@ -166,6 +171,7 @@ function render() {
     body.appendChild(tr);
   }
   report.rows.forEach((row) => body.appendChild(renderRow(row, report)));
+  restoreExpanded(report);
   const total = document.createElement("tr");
   total.appendChild(cell("td", "Total"));
   rowCells(total, report.total, report);
@@ -180,7 +186,7 @@ function renderRow(row, report) {
   if (report.scope === "platform") {
     const button = cell("button", row.name, "expand");
     button.type = "button";
-    button.setAttribute("aria-expanded", "false");
+    button.setAttribute("aria-expanded", String(state.expanded.has(row.id)));
     button.addEventListener("click", () => toggle(row, tr, button));
     first.appendChild(button);
   } else {
@@ -189,6 +195,28 @@ function renderRow(row, report) {
   tr.appendChild(first);
   rowCells(tr, row, report);
   return tr;
+}
+
+function agentRows(orgId, agents, report) {
+  return agents.rows.map((agent) => {
+    const tr = document.createElement("tr");
+    tr.className = "agent";
+    tr.dataset.parent = orgId;
+    tr.appendChild(cell("td", agent.name));
+    rowCells(tr, agent, report);
+    return tr;
+  });
+}
+
+// After a redraw (another metric), put back the agent rows of expanded organizations.
+function restoreExpanded(report) {
+  state.expanded.forEach((_, orgId) => {
+    const tr = document.querySelector(`#table tbody tr.org[data-id="${orgId}"]`);
+    if (!tr) { state.expanded.delete(orgId); return; }
+    const rows = agentRows(orgId, state.agents.get(orgId), report);
+    tr.after(...rows);
+    state.expanded.set(orgId, rows);
+  });
 }
 
 async function toggle(row, tr, button) {
@@ -209,18 +237,15 @@ async function toggle(row, tr, button) {
   tr.after(loading);
   state.expanded.set(row.id, [loading]);
   try {
-    const params = { scope: "org", org_id: row.id, start: report.start, end: report.end,
-      granularity: report.granularity };
-    const agents = await (await request(API, params)).json();
+    let agents = state.agents.get(row.id);
+    if (!agents) {
+      const params = { scope: "org", org_id: row.id, start: report.start, end: report.end,
+        granularity: report.granularity };
+      agents = await (await request(API, params)).json();
+    }
     if (state.report !== report || state.expanded.get(row.id)?.[0] !== loading) return;
-    const rows = agents.rows.map((agent) => {
-      const agentTr = document.createElement("tr");
-      agentTr.className = "agent";
-      agentTr.dataset.parent = row.id;
-      agentTr.appendChild(cell("td", agent.name));
-      rowCells(agentTr, agent, report);
-      return agentTr;
-    });
+    state.agents.set(row.id, agents);
+    const rows = agentRows(row.id, agents, report);
     loading.replaceWith(...rows);
     state.expanded.set(row.id, rows);
   } catch (err) {

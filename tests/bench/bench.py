@@ -470,10 +470,16 @@ def measure(bench: Bench, uri: str, spec: sample.SampleSpec, args: argparse.Name
             print("wrk is not installed (apt-get install wrk): HTTP figures skipped", flush=True)
             return
         wrk_latency(base, key, paths, 4, 2)  # warm the cache
-        load = wrk_latency(base, key, paths, 16, args.seconds)
-        bench.add("http 16 clients p50 (ms)", load["p50"], "<= 5", load["p50"] <= 5)
-        bench.add("http 16 clients p99 (ms)", load["p99"], "<= 25", load["p99"] <= 25)
-        bench.add("http 16 clients requests/s", load["requests"] / args.seconds)
+        # Three runs, medians taken: one run can land on the database server's own
+        # background work (a checkpoint after the loads) on this 2-core machine.
+        loads = [wrk_latency(base, key, paths, 16, args.seconds) for _ in range(3)]
+        p50 = statistics.median(load["p50"] for load in loads)
+        p99 = statistics.median(load["p99"] for load in loads)
+        rate = statistics.median(load["requests"] for load in loads) / args.seconds
+        print("p99 of the three runs (ms):", [load["p99"] for load in loads], flush=True)
+        bench.add("http 16 clients p50 (ms)", p50, "<= 5", p50 <= 5)
+        bench.add("http 16 clients p99 (ms)", p99, "<= 25", p99 <= 25)
+        bench.add("http 16 clients requests/s", rate)
         trivial = wrk_latency(base, key, ["/api/ping"], 1, 5)["p50"]
         usage = wrk_latency(base, key, paths[:1], 1, 5)["p50"]
         bench.add(
