@@ -28,3 +28,4 @@ def weekly_repair(days: int = 90) -> None:
         drift = verify.find_drift(dbs, first, today)
         if drift:
             rollup.run_repair(dbs, verify.drifted_days(drift), now, utcnow)
+        verify.rebuild_months(dbs, verify.find_month_drift(dbs, first, today))
