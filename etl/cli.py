@@ -309,7 +309,7 @@ def demo(
 
     settings = settings_of(ctx)
     with databases(settings) as dbs:
-        demo_run.run(dbs, out, err, utcnow(), port, serve=not no_serve)
+        demo_run.run(dbs, out, progress_bar, utcnow(), port, serve=not no_serve)
 
 
 @keys_app.command("create")

@@ -1,26 +1,28 @@
 """The demo: sample data on the embedded server, a backfill and a nightly run, a table, the API."""
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from etl import indexes, rollup, sample
 from etl.db import Databases
 from etl.jobs import utcnow
 
-
-def six_months_back(today: date) -> date:
-    index = today.year * 12 + today.month - 1 - 6
-    return date(index // 12, index % 12 + 1, 1)
+ProgressBar = Callable[[int, str], AbstractContextManager[rollup.Progress]]
 
 
-def run(dbs: Databases, out: Console, err: Console, now: datetime, port: int, serve: bool) -> None:
+def run(
+    dbs: Databases, out: Console, progress_bar: ProgressBar, now: datetime, port: int, serve: bool
+) -> None:
+    from api.buckets import default_range
+
     today = rollup.local_today(now, dbs.settings)
-    first = six_months_back(today)
+    first, _ = default_range("platform", today)  # the six months the dashboard opens on
     spec = replace(sample.SampleSpec(), days=(today - first).days)
     made = sample.make_sample(spec)
     if dbs.source.requests.estimated_document_count() == 0:
@@ -39,12 +41,8 @@ def run(dbs: Databases, out: Console, err: Console, now: datetime, port: int, se
     if dbs.usage_daily().estimated_document_count() == 0:
         last = today - timedelta(days=1)
         days = (last - first).days + 1
-        columns = (BarColumn(), MofNCompleteColumn(), "days", TimeRemainingColumn())
-        with Progress("backfill", *columns, console=err) as bar:
-            task = bar.add_task("backfill", total=days)
-            result = rollup.run_backfill(
-                dbs, first, last, now, utcnow, lambda n: bar.advance(task, n)
-            )
+        with progress_bar(days, "backfill") as advance:
+            result = rollup.run_backfill(dbs, first, last, now, utcnow, advance)
         out.print(f"backfill: {result.stats.days} days, {result.stats.rows_written} rows")
     nightly = rollup.run_nightly(dbs, utcnow(), utcnow)
     out.print(
@@ -58,10 +56,10 @@ def run(dbs: Databases, out: Console, err: Console, now: datetime, port: int, se
     key_id, secret = auth.create_key(dbs.rollup, "demo staff key", None, utcnow())
     out.print(f"\ndashboard: http://127.0.0.1:{port}/  (API docs at /docs)", markup=False)
     out.print(f"staff API key {key_id}, paste it into the page: {secret}", markup=False)
-    out.print(
-        f"other terminals: export USAGE_MONGODB_URI={dbs.uri}  (while this runs)", markup=False
-    )
     if serve:
+        out.print(
+            f"other terminals: export USAGE_MONGODB_URI={dbs.uri}  (while this runs)", markup=False
+        )
         from api.server import serve_forever
 
         serve_forever(dbs, "127.0.0.1", port)

@@ -32,6 +32,8 @@ from etl import indexes, rollup, sample, source
 from etl.db import Databases, connect
 from etl.jobs import utcnow
 from etl.settings import Settings
+from tests.conftest import free_port
+from tests.drills.conftest import ServerProcess
 
 SIZES = {"small": sample.SMALL, "standard": sample.STANDARD}
 STAFF = Principal("bench", "bench", None)
@@ -62,38 +64,6 @@ class Bench:
         self.figures.append((name, value, target, ok))
         verdict = "" if ok is None else ("pass" if ok else "short")
         print(f"{name:<40}{value:>12.3f}  {target:<9}{verdict}", flush=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_database(storage: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    exe = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or "secantusd-py"
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--storage-path", str(storage), "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    uri = f"mongodb://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 30
-    while True:
-        probe = connect(Settings(mongodb_uri=uri, server_selection_timeout_ms=500), uri)
-        try:
-            probe.ping()
-            return proc, uri
-        except Exception:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.2)
-        finally:
-            probe.close()
 
 
 def run_child(args: list[str], env: dict[str, str]) -> dict[str, float]:
@@ -372,12 +342,12 @@ def main() -> None:
     spec = SIZES[args.size]
     bench = Bench()
     workdir = Path(tempfile.mkdtemp(prefix="usage-bench-"))
-    database, uri = start_database(workdir / "db")
+    database = ServerProcess(workdir / "db")
+    database.start()
     try:
-        measure(bench, uri, spec, args)
+        measure(bench, database.uri, spec, args)
     finally:
-        database.terminate()
-        database.wait(timeout=60)
+        database.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\n{'figure':<40}{'value':>12}  {'target':<9}result")
