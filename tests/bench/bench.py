@@ -464,7 +464,7 @@ def measure(bench: Bench, uri: str, spec: sample.SampleSpec, args: argparse.Name
     short = prepare(uri, "hist6", replace(history, days=183), now)
     long = prepare(uri, "hist12", replace(history, days=365), now)
     show_plans(long, now)
-    six, twelve = nightly_seconds(short, now, 3), nightly_seconds(long, now, 3)
+    six, twelve = nightly_seconds(short, now, args.runs), nightly_seconds(long, now, args.runs)
     bench.add("nightly, 6 months of history (s)", six)
     bench.add("nightly, 12 months of history (s)", twelve)
     bench.add("nightly 12 / 6 months", twelve / six, "<= 1.3", twelve / six <= 1.3)
