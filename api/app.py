@@ -4,6 +4,7 @@ import csv
 import io
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
@@ -21,13 +22,21 @@ from pymongo.errors import PyMongoError
 from api import auth
 from api.buckets import GranularityChoice, Scope
 from api.fastpath import FastPath
-from api.usage import Forbidden, ParamError, UsageQuery, UsageService, resolve_query
+from api.usage import (
+    Forbidden,
+    ParamError,
+    UsageQuery,
+    UsageService,
+    read_served,
+    resolve_query,
+)
 from etl import rollup, runs
 from etl.db import Databases, DatabaseUnavailable
 from etl.jobs import utcnow
 from etl.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
+NO_STORE = {"Cache-Control": "no-store"}
 Metric = Literal["conversations", "messages", "handoffs"]
 
 
@@ -58,12 +67,18 @@ class UsageOut(BaseModel):
     buckets: list[BucketOut]
     rows: list[RowOut]
     total: RowOut
+    data_from: str | None
     data_through: str | None
     last_run_finished_at: str | None
+    generation: int
+    definition: dict[str, Any] | None
 
 
 class HealthOut(BaseModel):
     database: Literal["ok", "unreachable"]
+    generation: int | None = None
+    definition: dict[str, Any] | None = None
+    data_from: str | None = None
     data_through: str | None
     last_run_status: str | None
     last_run_finished_at: str | None
@@ -75,44 +90,41 @@ class ErrorOut(BaseModel):
 
 
 class KeyCache:
-    """Verified keys for `ttl` seconds, so a request costs no key lookup.
+    """Verified keys for `ttl` seconds, so a warm request costs no key lookup.
 
-    An expired entry is still answered from memory while one background thread looks the key
-    up again, so a revocation takes effect within `ttl` plus one lookup.
+    Bounded, and only strings of a key's exact shape are ever looked up or kept, so random
+    bearer tokens cost neither a query nor memory.
     """
 
-    def __init__(self, db_lookup: Callable[[str], auth.Principal | None], ttl: float) -> None:
+    def __init__(
+        self, db_lookup: Callable[[str], auth.Principal | None], ttl: float, size: int = 4096
+    ) -> None:
         self.lookup = db_lookup
         self.ttl = ttl
-        self.entries: dict[str, tuple[float, auth.Principal | None]] = {}
-        self.refreshing: set[str] = set()
+        self.size = size
+        self.entries: OrderedDict[str, tuple[float, auth.Principal | None]] = OrderedDict()
+        self.lock = threading.Lock()
 
-    def cached(self, secret: str) -> tuple[bool, auth.Principal | None]:
-        """(found, principal) without waiting on the database."""
+    def cached(self, secret: str) -> auth.Principal | None:
+        """The principal of a key verified within `ttl`, without waiting on the database."""
         hit = self.entries.get(secret)
-        if hit is None or self.ttl == 0:
-            return False, None
-        if time.monotonic() - hit[0] >= self.ttl and secret not in self.refreshing:
-            self.refreshing.add(secret)
-            threading.Thread(target=self._refresh, args=(secret,), daemon=True).start()
-        return True, hit[1]
+        if hit is None or time.monotonic() - hit[0] >= self.ttl:
+            return None
+        return hit[1]
 
-    def _refresh(self, secret: str) -> None:
-        try:
-            self.get(secret, force=True)
-        except PyMongoError:
-            pass  # keep the last answer; a request that needs the database reports it
-        finally:
-            self.refreshing.discard(secret)
-
-    def get(self, secret: str, force: bool = False) -> auth.Principal | None:
+    def get(self, secret: str) -> auth.Principal | None:
+        if not auth.looks_like_key(secret):
+            return None
         hit = self.entries.get(secret)
-        if not force and hit is not None and time.monotonic() - hit[0] < self.ttl:
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
             return hit[1]
         principal = self.lookup(secret)
-        if len(self.entries) > 10_000:
-            self.entries.clear()
-        self.entries[secret] = (time.monotonic(), principal)
+        if self.ttl > 0:
+            with self.lock:
+                self.entries[secret] = (time.monotonic(), principal)
+                self.entries.move_to_end(secret)
+                while len(self.entries) > self.size:
+                    self.entries.popitem(last=False)
         return principal
 
 
@@ -137,8 +149,8 @@ async def get_principal(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("an API key is required: Authorization: Bearer <key>")
     keys: KeyCache = request.app.state.keys
-    found, principal = keys.cached(credentials.credentials)
-    if not found:
+    principal = keys.cached(credentials.credentials)
+    if principal is None:
         principal = await run_in_threadpool(keys.get, credentials.credentials)
     if principal is None:
         raise Unauthorized("unknown or revoked API key")
@@ -255,11 +267,15 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         request: Request, service: ServiceDep, principal: PrincipalDep, query: QueryDep
     ) -> Response:
         """Usage per organization (platform), per agent (org) or for one agent, in buckets."""
-        body = service.cached_json(query)
+        served = service.known()
+        if served is None:
+            served = await run_in_threadpool(service.served)
+        key = (principal.key_id, request.scope["query_string"], today())
+        body = service.cached(key, served)
         if body is None:
-            body = await run_in_threadpool(service.report_json, query)
-        service.remember_raw(principal.key_id, request.scope["query_string"], today(), body)
-        return Response(body, media_type="application/json")
+            body = await run_in_threadpool(service.report_json, query, served)
+            service.remember(key, served, body)
+        return Response(body, media_type="application/json", headers=NO_STORE)
 
     @app.get(
         "/api/aggregations/usage.csv",
@@ -270,21 +286,21 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         service: ServiceDep, query: QueryDep, metric: Metric = "conversations"
     ) -> Response:
         """The same query as CSV: a line per row, a column per bucket, one metric."""
-        report = service.report(query, service.freshness())
+        report = service.report(query)
         disposition = f'attachment; filename="{csv_filename(query, metric)}"'
         return Response(
             csv_text(report, metric),
             media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": disposition},
+            headers={"Content-Disposition": disposition, **NO_STORE},
         )
 
     @app.get("/api/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
     def health() -> JSONResponse:
-        """Database reachable, data_through and the last run's status."""
+        """Database reachable, what is served (generation, definition, coverage), the last run."""
         try:
             dbs.ping()
             last = runs.recent_runs(dbs.rollup, 1)
-            through = runs.data_through(dbs.rollup)
+            served = read_served(dbs)
         except (DatabaseUnavailable, PyMongoError):
             body = {"database": "unreachable", "data_through": None}
             return JSONResponse(
@@ -295,7 +311,10 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         return JSONResponse(
             {
                 "database": "ok",
-                "data_through": through.isoformat() if through else None,
+                "generation": served.generation,
+                "definition": served.definition_doc(),
+                "data_from": served.data_from.isoformat() if served.data_from else None,
+                "data_through": served.data_through.isoformat() if served.data_through else None,
                 "last_run_status": run.get("status"),
                 "last_run_finished_at": finished.isoformat() + "Z" if finished else None,
             }

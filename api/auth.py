@@ -13,10 +13,18 @@ Doc = dict[str, Any]
 KEYS = "api_keys"
 PREFIX = "usk_"
 OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+# token_urlsafe(32): 43 characters of the URL-safe alphabet.
+KEY_SHAPE = re.compile(PREFIX + r"[A-Za-z0-9_-]{43}")
 
 
 def is_object_id(value: str) -> bool:
     return OBJECT_ID.fullmatch(value) is not None
+
+
+def looks_like_key(secret: str) -> bool:
+    """Whether `secret` has the shape of a key this project creates (checked before any
+    lookup, so that junk tokens cost nothing)."""
+    return KEY_SHAPE.fullmatch(secret) is not None
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,7 @@ def revoke_key(db: Database[Doc], key_id: str, now: datetime) -> bool:
 
 def authenticate(db: Database[Doc], secret: str) -> Principal | None:
     """The principal of an active key, or None."""
-    if not secret.startswith(PREFIX) or len(secret) > 200:
+    if not looks_like_key(secret):
         return None
     doc = db[KEYS].find_one({"hash": hash_key(secret), "revoked_at": None})
     if doc is None:

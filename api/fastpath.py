@@ -1,8 +1,9 @@
 """Answer a repeated usage call from memory before any routing or parameter parsing.
 
-The cache is keyed by the caller's key id and exact query string (and today's date and the
-latest run), so a warm call costs about what a trivial endpoint does. Anything not already
-answered once goes on to the app.
+The response cache is keyed by the caller's key id and exact query string, today's date and
+what is served (see `UsageService`), so a warm call costs about what a trivial endpoint does.
+Anything not already answered once, a key not verified recently, or served state due for a
+look goes on to the app.
 """
 
 from collections.abc import Callable
@@ -10,9 +11,14 @@ from datetime import date
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.auth import Principal
 from api.usage import UsageService
 
 USAGE_PATH = "/api/aggregations/usage"
+JSON_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"cache-control", b"no-store"),
+]
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -28,7 +34,7 @@ class FastPath:
         self,
         app: ASGIApp,
         service: UsageService,
-        principal_of: Callable[[str], tuple[bool, object]],
+        principal_of: Callable[[str], Principal | None],
         today: Callable[[], date],
     ) -> None:
         self.app = app
@@ -40,10 +46,7 @@ class FastPath:
         if scope["type"] == "http" and scope["path"] == USAGE_PATH and scope["method"] == "GET":
             body = self.cached(scope)
             if body is not None:
-                headers = [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ]
+                headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
@@ -51,10 +54,7 @@ class FastPath:
 
     def cached(self, scope: Scope) -> bytes | None:
         token = bearer_token(scope)
-        if not token:
+        principal = self.principal_of(token) if token else None
+        if principal is None:
             return None
-        found, principal = self.principal_of(token)
-        key_id = getattr(principal, "key_id", None)
-        if not found or key_id is None:
-            return None
-        return self.service.cached_raw(key_id, scope["query_string"], self.today())
+        return self.service.cached((principal.key_id, scope["query_string"], self.today()))

@@ -10,7 +10,6 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
 
 from api.auth import Principal, is_object_id
 from api.buckets import (
@@ -23,8 +22,9 @@ from api.buckets import (
     range_days,
     resolve_granularity,
 )
-from etl import runs
+from etl import ledger, runs
 from etl.db import USAGE_DAILY, USAGE_MONTHLY, Databases, Doc
+from etl.definition import Definition
 from etl.rollup import MEASURES
 from etl.settings import Settings
 from etl.source import UNATTRIBUTED
@@ -102,6 +102,7 @@ def resolve_query(
             raise ParamError("agent_id", "required for scope=agent")
         if agent_id != UNATTRIBUTED and not is_object_id(agent_id):
             raise ParamError("agent_id", f"{agent_id!r} is not an agent id or 'unattributed'")
+        agent_id = agent_id.lower()
     else:
         agent_id = None
     first, last = parse_date(start, "start"), parse_date(end, "end")
@@ -188,22 +189,23 @@ def monthly_pipeline(query: UsageQuery, months: list[str], settings: Settings) -
     ]
 
 
-def fetch_groups(dbs: Databases, query: UsageQuery, buckets: list[Bucket]) -> list[Doc]:
+def fetch_groups(
+    dbs: Databases, query: UsageQuery, buckets: list[Bucket], generation: int
+) -> list[Doc]:
     """Rollup totals per (row id, bucket key), from the coarsest rows that are exact."""
     settings = dbs.settings
+    daily = dbs.reader(USAGE_DAILY, generation)
     if query.granularity != "month":
-        pipeline = daily_pipeline(query, buckets, settings)
-        return list(dbs.reader(USAGE_DAILY).aggregate(pipeline))
+        return list(daily.aggregate(daily_pipeline(query, buckets, settings)))
     groups: list[Doc] = []
     whole = [bucket.key for bucket in buckets if not bucket.partial]
     if whole:
         pipeline = monthly_pipeline(query, whole, settings)
-        groups += dbs.reader(USAGE_MONTHLY).aggregate(pipeline)
+        groups += dbs.reader(USAGE_MONTHLY, generation).aggregate(pipeline)
     # Only the first and the last month of a range can be clipped.
     for bucket in buckets:
         if bucket.partial:
-            pipeline = daily_pipeline(query, [bucket], settings)
-            groups += dbs.reader(USAGE_DAILY).aggregate(pipeline)
+            groups += daily.aggregate(daily_pipeline(query, [bucket], settings))
     return groups
 
 
@@ -256,123 +258,110 @@ def fold(
 
 
 @dataclass(frozen=True)
-class Freshness:
-    run_id: str | None
+class Served:
+    """What the API serves right now, as last read from the run records and the state."""
+
+    # Moves with every committed write, generation switch and finished run: keys the cache.
+    token: str
+    generation: int
+    definition: Definition | None
+    data_from: date | None
     data_through: date | None
     finished_at: datetime | None
 
+    def definition_doc(self) -> Doc | None:
+        return self.definition.as_doc() if self.definition else None
+
+
+def read_served(dbs: Databases) -> Served:
+    state = ledger.read_state(dbs.rollup)
+    generation = state.generation if state else 1
+    latest = runs.latest_finished_run(dbs.rollup)
+    return Served(
+        token=f"{state.token if state else '-'}:{latest['_id'] if latest else '-'}",
+        generation=generation,
+        definition=state.definition if state else None,
+        data_from=ledger.first_day(dbs, generation),
+        data_through=ledger.data_through(dbs, generation),
+        finished_at=latest.get("finished_at") if latest else None,
+    )
+
+
+CacheKey = tuple[str, bytes, date]
+
 
 class UsageService:
-    """Answers usage queries from `usage_daily`, caching whole responses per completed run."""
+    """Answers usage queries from the served generation, caching whole responses.
+
+    A response is cached under the `Served.token` read before it was computed, so a body
+    can never outlive the data it came from.
+    """
 
     def __init__(self, dbs: Databases, check_seconds: float = 2.0) -> None:
         self.dbs = dbs
         self.settings = dbs.settings
         self.check_seconds = check_seconds
-        self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
-        self._freshness: Freshness | None = None
+        self._cache: OrderedDict[tuple[CacheKey, str], bytes] = OrderedDict()
+        self._served: Served | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
-        self._refreshing = False
 
     def _due(self) -> bool:
-        return self._freshness is None or time.monotonic() - self._checked >= self.check_seconds
+        return self._served is None or time.monotonic() - self._checked >= self.check_seconds
 
-    def _refresh(self) -> None:
+    def served(self) -> Served:
+        """What is served, re-read from the database at most every `check_seconds`."""
         with self._refresh_lock:  # one reader of the run records at a time
-            if not self._due():
-                return
-            latest = runs.latest_finished_run(self.dbs.rollup)
-            self._freshness = Freshness(
-                run_id=str(latest["_id"]) if latest else None,
-                data_through=runs.data_through(self.dbs.rollup),
-                finished_at=latest.get("finished_at") if latest else None,
-            )
-            self._checked = time.monotonic()
+            if self._due():
+                self._served = read_served(self.dbs)
+                self._checked = time.monotonic()
+            assert self._served is not None
+            return self._served
 
-    def _refresh_in_background(self) -> None:
-        try:
-            self._refresh()
-        except PyMongoError:
-            pass  # the next request that needs the database reports it
-        finally:
-            self._refreshing = False
+    def known(self) -> Served | None:
+        """What is served, if read recently enough; never waits on the database."""
+        return None if self._due() or self.check_seconds == 0 else self._served
 
-    def freshness(self) -> Freshness:
-        """The latest completed run, re-read at most every `check_seconds`."""
-        if self._due():
-            self._refresh()
-        assert self._freshness is not None
-        return self._freshness
-
-    def known_run(self) -> Freshness | None:
-        """The latest run as last read, without waiting on the database; None when unknown.
-
-        When the run records are due for a look, one background thread reads them while
-        callers go on with what is known: no request waits for that check.
-        """
-        fresh = self._freshness
-        if fresh is None or self.check_seconds == 0:
+    def cached(self, key: CacheKey, served: Served | None = None) -> bytes | None:
+        """A response cached for `key` under what is served, or None."""
+        served = served or self.known()
+        if served is None:
             return None
-        if self._due() and not self._refreshing:
-            self._refreshing = True
-            threading.Thread(target=self._refresh_in_background, daemon=True).start()
-        return fresh
-
-    def _cached(self, key: tuple[Any, ...]) -> bytes | None:
         with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-            return cached
+            body = self._cache.get((key, served.token))
+            if body is not None:
+                self._cache.move_to_end((key, served.token))
+            return body
 
-    def _store(self, key: tuple[Any, ...], body: bytes) -> None:
+    def remember(self, key: CacheKey, served: Served, body: bytes) -> None:
         if self.settings.cache_entries:
             with self._lock:
-                self._cache[key] = body
+                self._cache[(key, served.token)] = body
                 while len(self._cache) > self.settings.cache_entries:
                     self._cache.popitem(last=False)
 
-    def cached_json(self, query: UsageQuery) -> bytes | None:
-        """A cached response for a parsed query, or None."""
-        fresh = self.known_run()
-        return None if fresh is None else self._cached((query, fresh.run_id))
+    def report_json(self, query: UsageQuery, served: Served) -> bytes:
+        return json.dumps(self.report(query, served), separators=(",", ":")).encode()
 
-    def cached_raw(self, key_id: str, query_string: bytes, today: date) -> bytes | None:
-        """A cached response for a caller's exact request, before any parsing, or None."""
-        fresh = self.known_run()
-        return None if fresh is None else self._cached((key_id, query_string, today, fresh.run_id))
-
-    def remember_raw(self, key_id: str, query_string: bytes, today: date, body: bytes) -> None:
-        fresh = self._freshness
-        if fresh is not None:
-            self._store((key_id, query_string, today, fresh.run_id), body)
-
-    def report_json(self, query: UsageQuery) -> bytes:
-        fresh = self.freshness()
-        key = (query, fresh.run_id)
-        cached = self._cached(key)
-        if cached is not None:
-            return cached
-        body = json.dumps(self.report(query, fresh), separators=(",", ":")).encode()
-        self._store(key, body)
-        return body
-
-    def report(self, query: UsageQuery, fresh: Freshness) -> Doc:
+    def report(self, query: UsageQuery, served: Served | None = None) -> Doc:
+        served = served or self.served()
         settings = self.settings
         buckets = make_buckets(
             query.first, query.last, query.granularity, settings.week_start_index
         )
-        groups = fetch_groups(self.dbs, query, buckets)
-        always = (query.agent_id,) if query.agent_id else ()
-        ids = sorted({group["_id"]["id"] for group in groups} | set(always))
+        groups = fetch_groups(self.dbs, query, buckets, served.generation)
+        active = sorted({group["_id"]["id"] for group in groups})
+        # Names only for rows with data in what the key may see: an agent id of another
+        # organization asked for by name gets its id back, never the other's name.
         if query.scope == "platform":
-            names = fetch_names(self.dbs.source, settings.org_names_collection, ids)
+            names = fetch_names(self.dbs.source, settings.org_names_collection, active)
         else:
-            names = fetch_names(self.dbs.source, settings.agent_names_collection, ids)
+            names = fetch_names(self.dbs.source, settings.agent_names_collection, active)
             names[UNATTRIBUTED] = "Unattributed"
+        always = (query.agent_id,) if query.agent_id else ()
         rows, total = fold(groups, buckets, names, always)
+        definition = served.definition
         return {
             "scope": query.scope,
             "org_id": query.org_id,
@@ -380,7 +369,7 @@ class UsageService:
             "start": query.first.isoformat(),
             "end": query.last.isoformat(),
             "granularity": query.granularity,
-            "timezone": settings.timezone,
+            "timezone": definition.timezone if definition else settings.timezone,
             "metrics": METRICS,
             "buckets": [
                 {
@@ -394,8 +383,11 @@ class UsageService:
             ],
             "rows": rows,
             "total": total,
-            "data_through": fresh.data_through.isoformat() if fresh.data_through else None,
+            "data_from": served.data_from.isoformat() if served.data_from else None,
+            "data_through": served.data_through.isoformat() if served.data_through else None,
             "last_run_finished_at": (
-                fresh.finished_at.isoformat() + "Z" if fresh.finished_at else None
+                served.finished_at.isoformat() + "Z" if served.finished_at else None
             ),
+            "generation": served.generation,
+            "definition": served.definition_doc(),
         }

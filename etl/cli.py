@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from etl import rollup, runs, verify
+from etl import ledger, rollup, runner, runs
 from etl.db import Databases, DatabaseUnavailable, mask_uri, open_databases, plain_error
+from etl.definition import DefinitionMismatch
 from etl.jobs import utcnow
 from etl.settings import Settings, SettingsError, load_settings
 
@@ -63,6 +64,8 @@ def databases(settings: Settings) -> Iterator[Databases]:
         fail(str(exc))
     except runs.LockBusy as exc:
         fail(str(exc), EXIT_BUSY)
+    except (DefinitionMismatch, runner.NothingToRebuild) as exc:
+        fail(str(exc), EXIT_USAGE)
     except PyMongoError as exc:
         fail(plain_error(exc, settings.mongodb_uri))
 
@@ -98,7 +101,7 @@ def progress_bar(total: int, label: str) -> Iterator[rollup.Progress]:
         yield lambda days: bar.advance(task, days)
 
 
-def print_result(result: rollup.RunResult, kind: str) -> None:
+def print_result(result: runner.RunResult, kind: str) -> None:
     stats = result.stats
     span = f"{result.days[0]} to {result.days[-1]}" if result.days else "no days"
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats.skipped.items())) or "none"
@@ -126,7 +129,7 @@ def rollup_command(ctx: typer.Context) -> None:
     Example: usage rollup
     """
     with databases(settings_of(ctx)) as dbs:
-        result = rollup.run_nightly(dbs, utcnow(), utcnow)
+        result = runner.run_nightly(dbs, utcnow(), utcnow)
     print_result(result, "nightly")
 
 
@@ -148,8 +151,42 @@ def backfill(
         out.print(f"would recompute {days} days ({first} to {last}) in {batches} batches")
         return
     with databases(settings_of(ctx)) as dbs, progress_bar(days, "backfill") as advance:
-        result = rollup.run_backfill(dbs, first, last, utcnow(), utcnow, advance)
+        result = runner.run_backfill(dbs, first, last, utcnow(), utcnow, advance)
     print_result(result, "backfill")
+
+
+@app.command()
+def rebuild(
+    ctx: typer.Context,
+    start: Annotated[
+        str | None, typer.Option(help="First day (default: every computed day).")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="Last day, inclusive.")] = None,
+) -> None:
+    """Rebuild the rollup under the current settings into a new generation, then switch.
+
+    The API serves the current generation until the switch; an interrupted rebuild goes on
+    where it stopped when run again.
+
+    Example: USAGE_TIMEZONE=America/New_York usage rebuild
+    """
+    if (start is None) != (end is None):
+        raise typer.BadParameter("give both --start and --end, or neither", param_hint="--start")
+    first, last = parse_range(start, end) if start and end else (None, None)
+    settings = settings_of(ctx)
+    with databases(settings) as dbs:
+        days = (last - first).days + 1 if first and last else 0
+        if not days:
+            state = ledger.read_state(dbs.rollup)
+            days = ledger.coverage(dbs, state.generation).days if state else 0
+        with progress_bar(days, "rebuild") as advance:
+            result = runner.run_rebuild(dbs, utcnow(), utcnow, first, last, advance)
+    print_result(result, "rebuild")
+    out.print(
+        f"serving generation {result.record['switched_to']} "
+        f"(was {result.record['switched_from']}) under {settings.timezone}",
+        markup=False,
+    )
 
 
 @app.command()
@@ -158,7 +195,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     limit: Annotated[int, typer.Option(min=1, help="Runs to show.")] = 10,
 ) -> None:
-    """Show recent runs, data_through, lag and the lock holder.
+    """Show recent runs, coverage, data_through, lag, the definition and the lock holder.
 
     Example: usage status --json
     """
@@ -168,12 +205,23 @@ def status(
     if as_json:
         out.print_json(json.dumps(report, default=str))
         return
+    cover = report["coverage"]
+    gaps = ", ".join(f"{a} to {b}" for a, b in cover["gaps"]) or "none"
+    served = report["definition"]
     out.print(
         f"database {report['database']}  data through {report['data_through'] or 'never'}"
         f"  lag {report['lag_days'] if report['lag_days'] is not None else '-'} days"
         f"  lock {report['lock'] or 'free'}",
         markup=False,
     )
+    out.print(
+        f"generation {report['generation']}  definition {served['fingerprint'] if served else '-'}"
+        f"  computed {cover['first'] or '-'} to {cover['last'] or '-'} ({cover['days']} days)"
+        f"  gaps {gaps}",
+        markup=False,
+    )
+    for line in report["warnings"]:
+        out.print(f"warning: {line}", markup=False)
     table = Table("started (UTC)", "kind", "status", "range", "days", "rows", "skipped", "error")
     for run in report["runs"]:
         table.add_row(
@@ -190,19 +238,44 @@ def status(
 
 
 def status_report(dbs: Databases, settings: Settings, now: datetime, limit: int) -> dict[str, Any]:
-    through = runs.data_through(dbs.rollup)
+    from etl.definition import differences, of_settings
+
+    state = ledger.read_state(dbs.rollup)
+    generation = state.generation if state else 1
+    through = ledger.data_through(dbs, generation)
     today = rollup.local_today(now, settings)
     lock = runs.current_lock(dbs.rollup)
     lock_text = None
     if lock:
-        state = "expired" if lock["expires_at"] < now else "held"
-        lock_text = f"{state} by {lock['holder']} until {lock['expires_at']:%Y-%m-%d %H:%M:%S} UTC"
+        state_text = "expired" if lock["expires_at"] < now else "held"
+        lock_text = (
+            f"{state_text} by {lock['holder']} until {lock['expires_at']:%Y-%m-%d %H:%M:%S} UTC"
+        )
+    warnings = []
+    if state is not None:
+        changes = differences(state.definition, of_settings(settings))
+        if changes:
+            warnings.append(
+                "the settings differ from the served definition ("
+                + "; ".join(changes)
+                + "): runs refuse to write until `usage rebuild`"
+            )
+        if state.pending is not None:
+            warnings.append(
+                f"a rebuild into generation {state.pending.generation} has not finished: "
+                "run `usage rebuild` again"
+            )
     return {
         "database": mask_uri(dbs.uri),
         "timezone": settings.timezone,
+        "generation": generation,
+        "definition": state.definition.as_doc() if state else None,
+        "pending_generation": state.pending.generation if state and state.pending else None,
+        "coverage": ledger.coverage(dbs, generation).as_doc(),
         "data_through": through.isoformat() if through else None,
         "lag_days": (today - through).days - 1 if through else None,
         "lock": lock_text,
+        "warnings": warnings,
         "runs": [runs.run_summary(run) for run in runs.recent_runs(dbs.rollup, limit)],
     }
 
@@ -220,24 +293,27 @@ def verify_command(
     """
     first, last = parse_range(start, end)
     with databases(settings_of(ctx)) as dbs:
-        drift = verify.find_drift(dbs, first, last)
-        for item in drift:
-            out.print(item.describe(), markup=False)
-        if drift and repair:
-            result = rollup.run_repair(dbs, verify.drifted_days(drift), utcnow(), utcnow)
-            print_result(result, "repair")
-        months = verify.find_month_drift(dbs, first, last)
-        for month in months:
-            out.print(f"{month}: usage_monthly differs from the sum of usage_daily", markup=False)
-        if months and repair:
-            verify.rebuild_months(dbs, months)
-            out.print(f"rebuilt usage_monthly for {', '.join(months)}")
-        if not drift and not months:
-            out.print(f"no drift from {first} to {last}")
-        elif not repair:
-            days = verify.drifted_days(drift)
-            out.print(f"{len(drift)} rows differ on {len(days)} days; {len(months)} months differ")
-            raise typer.Exit(1)
+        found = runner.verify_range(dbs, first, last, utcnow(), utcnow, repair=repair)
+    for item in found.drift:
+        out.print(item.describe(), markup=False)
+    for month in found.months:
+        out.print(f"{month}: usage_monthly differs from the sum of usage_daily", markup=False)
+    if found.uncovered:
+        out.print(
+            f"{len(found.uncovered)} days never computed, not compared "
+            f"({found.uncovered[0]} to {found.uncovered[-1]}); `usage backfill` covers them",
+            markup=False,
+        )
+    if found.repair is not None:
+        print_result(found.repair, "repair")
+    if not found.drift and not found.months:
+        out.print(f"no drift from {first} to {last}")
+    elif found.repair is None:
+        days = len({item.day for item in found.drift})
+        out.print(
+            f"{len(found.drift)} rows differ on {days} days; {len(found.months)} months differ"
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -5,6 +5,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,12 @@ Doc = dict[str, Any]
 REQUESTS = "requests"
 USAGE_DAILY = "usage_daily"
 USAGE_MONTHLY = "usage_monthly"
+USAGE_DAYS = "usage_days"
+
+
+def generation_name(base: str, generation: int) -> str:
+    """Generation 1 keeps the plain names; each rebuild writes a new set beside them."""
+    return base if generation == 1 else f"{base}_g{generation}"
 
 
 class DatabaseUnavailable(Exception):
@@ -48,6 +55,8 @@ class Databases:
     rollup: Database[Doc]
     uri: str
     settings: Settings
+    # None: learn from the server on first use; False forces writes without transactions.
+    transactions: bool | None = None
 
     def requests(self) -> Collection[Doc]:
         mode = read_pref_mode_from_name(self.settings.read_preference)
@@ -55,14 +64,23 @@ class Databases:
             REQUESTS, read_preference=make_read_preference(mode, None)
         )
 
-    def usage_daily(self) -> Collection[Doc]:
-        return self.rollup.get_collection(USAGE_DAILY, write_concern=WriteConcern("majority"))
+    def _writer(self, base: str, generation: int) -> Collection[Doc]:
+        name = generation_name(base, generation)
+        return self.rollup.get_collection(name, write_concern=WriteConcern("majority"))
 
-    def usage_monthly(self) -> Collection[Doc]:
-        return self.rollup.get_collection(USAGE_MONTHLY, write_concern=WriteConcern("majority"))
+    def usage_daily(self, generation: int = 1) -> Collection[Doc]:
+        return self._writer(USAGE_DAILY, generation)
 
-    def reader(self, name: str) -> Collection[Doc]:
+    def usage_monthly(self, generation: int = 1) -> Collection[Doc]:
+        return self._writer(USAGE_MONTHLY, generation)
+
+    def usage_days(self, generation: int = 1) -> Collection[Doc]:
+        """The day ledger: which definition, run and source read each computed day came from."""
+        return self._writer(USAGE_DAYS, generation)
+
+    def reader(self, base: str, generation: int) -> Collection[Doc]:
         """A rollup collection for readers: one snapshot per query, never a half-replaced day."""
+        name = generation_name(base, generation)
         if not self.supports_transactions():
             return self.rollup[name]
         return self.rollup.get_collection(name, read_concern=ReadConcern("snapshot"))
@@ -74,17 +92,35 @@ class Databases:
             raise DatabaseUnavailable(plain_error(exc, self.uri)) from None
 
     def supports_transactions(self) -> bool:
+        """Whether the server runs transactions; asks it once, as the topology is unknown
+        until the client has talked to it."""
+        if self.transactions is None:
+            try:
+                self.client.admin.command("ping")
+                kind = self.client.topology_description.topology_type_name
+            except AttributeError:  # mongomock has no topology
+                kind = "Unknown"
+            except PyMongoError as exc:
+                raise DatabaseUnavailable(plain_error(exc, self.uri)) from None
+            self.transactions = kind in ("ReplicaSetWithPrimary", "Sharded", "LoadBalanced")
+        return self.transactions
+
+    def server_time(self) -> datetime:
+        """The database server's clock (naive UTC), which stamps when a read began."""
         try:
-            kind = self.client.topology_description.topology_type_name
-        except AttributeError:  # mongomock has no topology
-            return False
-        return kind in ("ReplicaSetWithPrimary", "Sharded", "LoadBalanced")
+            hello = self.client.admin.command("hello")
+        except PyMongoError as exc:
+            raise DatabaseUnavailable(plain_error(exc, self.uri)) from None
+        now = hello.get("localTime")
+        if isinstance(now, datetime):
+            return now.replace(tzinfo=None)
+        return datetime.now(UTC).replace(tzinfo=None)
 
     def close(self) -> None:
         self.client.close()
 
 
-def connect(settings: Settings, uri: str) -> Databases:
+def connect(settings: Settings, uri: str, transactions: bool | None = None) -> Databases:
     """Open a client on `uri` (no I/O until first use)."""
     client: MongoClient[Doc] = MongoClient(
         uri,
@@ -99,6 +135,7 @@ def connect(settings: Settings, uri: str) -> Databases:
         rollup=client[settings.rollup_db_name],
         uri=uri,
         settings=settings,
+        transactions=transactions,
     )
 
 

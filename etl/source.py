@@ -72,13 +72,34 @@ def _agent_expr() -> dict[str, Any]:
                             "then": {"$toString": "$$bot"},
                         },
                         {
-                            "case": {
-                                "$and": [
-                                    {"$eq": [{"$type": "$$bot"}, "string"]},
-                                    {"$gt": [{"$strLenCP": {"$trim": {"input": "$$bot"}}}, 0]},
-                                ]
+                            "case": {"$eq": [{"$type": "$$bot"}, "string"]},
+                            "then": {
+                                "$let": {
+                                    "vars": {"id": {"$trim": {"input": "$$bot"}}},
+                                    "in": {
+                                        "$switch": {
+                                            "branches": [
+                                                {
+                                                    "case": {"$eq": ["$$id", ""]},
+                                                    "then": UNATTRIBUTED,
+                                                },
+                                                # An ObjectId in hex names one agent
+                                                # whatever its letter case.
+                                                {
+                                                    "case": {
+                                                        "$regexMatch": {
+                                                            "input": "$$id",
+                                                            "regex": OBJECT_ID_PATTERN,
+                                                        }
+                                                    },
+                                                    "then": {"$toLower": "$$id"},
+                                                },
+                                            ],
+                                            "default": "$$id",
+                                        }
+                                    },
+                                }
                             },
-                            "then": {"$trim": {"input": "$$bot"}},
                         },
                     ],
                     "default": UNATTRIBUTED,
@@ -138,6 +159,12 @@ def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[st
                             # `depth: {$gt: 2}` also matches an array holding such a number.
                             {"case": {"$not": [{"$isNumber": "$depth"}]}, "then": "bad_depth"},
                             {"case": {"$gt": ["$depth", MAX_DEPTH]}, "then": "depth_out_of_range"},
+                            # A message count is whole; 2.5 would pass the filter and then
+                            # add a truncated 2 to messages.
+                            {
+                                "case": {"$ne": ["$depth", {"$floor": "$depth"}]},
+                                "then": "bad_depth",
+                            },
                         ],
                         "default": None,
                     }
@@ -175,7 +202,8 @@ def bad_created_at_pipeline(
 def changed_days_pipeline(
     changed_since: datetime, before: date, settings: Settings
 ) -> list[dict[str, Any]]:
-    """Local days before `before` holding documents updated at or after `changed_since`."""
+    """Local days before `before` holding documents updated at or after `changed_since`,
+    each with the latest such update."""
     return [
         {"$match": {"updatedAt": {"$gte": changed_since}}},
         {"$match": {"createdAt": {"$type": "date", "$lt": day_start_utc(before, settings.zone)}}},
@@ -187,7 +215,8 @@ def changed_days_pipeline(
                         "format": DAY_FORMAT,
                         "timezone": settings.timezone,
                     }
-                }
+                },
+                "updated": {"$max": "$updatedAt"},
             }
         },
     ]

@@ -1,9 +1,9 @@
-"""Recount a range from the source and compare it with `usage_daily`."""
+"""Recount a range from the source and compare it with the served rollup, at every level."""
 
 from dataclasses import dataclass
 from datetime import date
 
-from etl import rollup
+from etl import ledger, rollup
 from etl.db import Databases, Doc
 
 
@@ -31,11 +31,28 @@ def measures(row: Doc | None) -> dict[str, int]:
     return {name: int(row[name]) for name in rollup.MEASURES} if row else {}
 
 
-def find_drift(dbs: Databases, first: date, last: date) -> list[Drift]:
-    """Every (org, agent, day) of first..last whose stored measures differ from the source."""
+def served_generation(dbs: Databases) -> int:
+    state = ledger.read_state(dbs.rollup)
+    return state.generation if state else 1
+
+
+def uncovered_days(dbs: Databases, first: date, last: date, generation: int) -> list[date]:
+    """Days of first..last that were never computed: verify has nothing to compare there."""
+    covered = set(ledger.covered_days(dbs, generation))
+    return [day for day in rollup.day_range(first, last) if day not in covered]
+
+
+def find_drift(
+    dbs: Databases, first: date, last: date, generation: int | None = None
+) -> list[Drift]:
+    """Every (org, agent, day) of the computed days of first..last whose stored measures
+    differ from the source."""
+    generation = served_generation(dbs) if generation is None else generation
+    skip = set(uncovered_days(dbs, first, last, generation))
+    days = [day for day in rollup.day_range(first, last) if day not in skip]
     drift: list[Drift] = []
-    usage = dbs.usage_daily()
-    for start, end in rollup.batches(rollup.day_range(first, last)):
+    usage = dbs.usage_daily(generation)
+    for start, end in rollup.batches(days):
         by_day, _ = rollup.fetch_rows(dbs, start, end)
         expected = {row["_id"]: row for rows in by_day.values() for row in rows}
         stored = {
@@ -54,58 +71,25 @@ def drifted_days(drift: list[Drift]) -> list[date]:
     return sorted({date.fromisoformat(item.day) for item in drift})
 
 
-def monthly_from_daily(dbs: Databases, months: list[str]) -> dict[str, Doc]:
-    """`usage_monthly` as it should be for `months`, summed from `usage_daily`."""
-    pipeline: list[Doc] = [
-        {"$match": {"day": {"$gte": f"{months[0]}-01", "$lte": f"{months[-1]}-31"}}},
-        {
-            "$group": {
-                "_id": {
-                    "org": "$org_id",
-                    "agent": "$agent_id",
-                    "month": {"$substrBytes": ["$day", 0, 7]},
-                },
-                **{name: {"$sum": f"${name}"} for name in rollup.MEASURES},
-            }
-        },
-    ]
-    expected = {}
-    for group in dbs.usage_daily().aggregate(pipeline, allowDiskUse=True):
-        key = group["_id"]
-        row_id = rollup.row_id(key["org"], key["agent"], key["month"])
-        expected[row_id] = {
-            "_id": row_id,
-            "org_id": key["org"],
-            "agent_id": key["agent"],
-            "month": key["month"],
-            **measures(group),
-        }
-    return expected
-
-
 def months_of(first: date, last: date) -> list[str]:
     return sorted({day.isoformat()[:7] for day in rollup.day_range(first, last)})
 
 
-def find_month_drift(dbs: Databases, first: date, last: date) -> list[str]:
+def find_month_drift(
+    dbs: Databases, first: date, last: date, generation: int | None = None
+) -> list[str]:
     """Months touching first..last whose `usage_monthly` rows differ from the daily sums."""
-    months = months_of(first, last)
-    expected = monthly_from_daily(dbs, months)
-    stored = {row["_id"]: row for row in dbs.usage_monthly().find({"month": {"$in": months}})}
-    drifted = {
-        (expected.get(key) or stored[key])["month"]
-        for key in expected.keys() | stored.keys()
-        if measures(expected.get(key)) != measures(stored.get(key))
-    }
-    return sorted(drifted)
-
-
-def rebuild_months(dbs: Databases, months: list[str]) -> None:
-    """Rewrite `usage_monthly` for `months` from the daily rows."""
-    if not months:
-        return
-    expected = monthly_from_daily(dbs, months)
-    monthly = dbs.usage_monthly()
-    monthly.delete_many({"month": {"$in": months}})
-    if expected:
-        monthly.insert_many(list(expected.values()))
+    generation = served_generation(dbs) if generation is None else generation
+    daily, monthly = dbs.usage_daily(generation), dbs.usage_monthly(generation)
+    drifted = []
+    for month in months_of(first, last):
+        expected = {
+            row["_id"]: row for row in rollup.month_rows(daily.find(rollup.month_filter(month)))
+        }
+        stored = {row["_id"]: row for row in monthly.find({"month": month})}
+        if any(
+            measures(expected.get(key)) != measures(stored.get(key))
+            for key in expected.keys() | stored.keys()
+        ):
+            drifted.append(month)
+    return drifted

@@ -1,0 +1,80 @@
+"""The rollup definition: everything that decides a stored number, and its fingerprint."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from etl.settings import Settings
+
+# Raised whenever the pipeline's meaning changes, so rows computed before cannot mix with
+# rows computed after. 2: agent ids normalized like organization ids; depths that are not
+# whole numbers skipped as bad_depth.
+PIPELINE_VERSION = 2
+ATTRIBUTION = "attributes.bot_id, else unattributed"
+SKIP_RULES = "no_organization, bad_created_at, bad_depth, depth_out_of_range"
+
+LABELS = {
+    "timezone": "timezone",
+    "billable_status": "billable status",
+    "billable_min_depth": "minimum depth",
+    "exclude_test_mode": "exclude test mode",
+    "profile": "source profile",
+    "attribution": "attribution",
+    "skip_rules": "skip rules",
+    "version": "pipeline version",
+}
+
+
+@dataclass(frozen=True)
+class Definition:
+    timezone: str
+    billable_status: int
+    billable_min_depth: int
+    exclude_test_mode: bool
+    profile: str = "deployment"
+    attribution: str = ATTRIBUTION
+    skip_rules: str = SKIP_RULES
+    version: int = PIPELINE_VERSION
+
+    @property
+    def fingerprint(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def as_doc(self) -> dict[str, Any]:
+        return {**asdict(self), "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "Definition":
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in doc.items() if key in names})
+
+
+def of_settings(settings: Settings) -> Definition:
+    """The definition the current settings ask for."""
+    return Definition(
+        timezone=settings.timezone,
+        billable_status=settings.billable_status,
+        billable_min_depth=settings.billable_min_depth,
+        exclude_test_mode=settings.exclude_test_mode,
+    )
+
+
+def differences(stored: Definition, wanted: Definition) -> list[str]:
+    """One `name: old -> new` per field that differs."""
+    old, new = asdict(stored), asdict(wanted)
+    return [f"{LABELS[name]}: {old[name]} -> {new[name]}" for name in old if old[name] != new[name]]
+
+
+class DefinitionMismatch(Exception):
+    """The settings ask for another definition than the stored rollup's; nothing was written."""
+
+    def __init__(self, stored: Definition, wanted: Definition) -> None:
+        self.changes = differences(stored, wanted)
+        super().__init__(
+            "the settings differ from the stored rollup's definition ("
+            + "; ".join(self.changes)
+            + "): run `usage rebuild` to rebuild it under the new settings, "
+            "or restore the settings"
+        )

@@ -1,0 +1,460 @@
+"""Runs: plan what to recompute, take the lock, record the run, write, record the outcome.
+
+Every write to the rollup goes through `execute`: nightly, backfill, repair and rebuild.
+"""
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from pymongo.client_session import ClientSession
+from pymongo.errors import PyMongoError
+
+from etl import ledger, rollup, runs, verify
+from etl.db import USAGE_DAILY, USAGE_DAYS, USAGE_MONTHLY, Databases, Doc, mask_uri, plain_error
+from etl.definition import Definition, DefinitionMismatch, of_settings
+from etl.rollup import Progress, Stats, Target, day_range, local_today
+
+log = logging.getLogger("usage.runs")
+
+# updatedAt is set by application servers whose clocks may run behind the database's.
+CLOCK_SKEW = timedelta(minutes=10)
+# How many uncovered changed days a run record lists (it always counts them all).
+LISTED_DAYS = 50
+NO_TRANSACTIONS = (
+    "the server does not support transactions: days are written without one, marked dirty "
+    "first so that an interrupted write is recomputed by the next run"
+)
+
+
+class NothingToRebuild(Exception):
+    """A rebuild without a range on a rollup that has no computed day."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a nightly run recomputes, and why."""
+
+    today: date
+    window: tuple[date, date]
+    changed: list[date]
+    uncovered: list[date]
+    dirty: list[date]
+
+    @property
+    def days(self) -> list[date]:
+        return sorted(set(day_range(*self.window)) | set(self.changed) | set(self.dirty))
+
+
+def plan_nightly(
+    today: date,
+    lookback_days: int,
+    last_nightly_today: date | None,
+    changes: dict[date, datetime],
+    computed: dict[date, datetime],
+    dirty: list[date],
+) -> Plan:
+    """The lookback window (reaching back to the last nightly run's day, so missed nights
+    are caught up), every older computed day whose source changed after it was computed,
+    and every day a writer left dirty. Changed days never computed are only reported:
+    coverage grows by backfill, not by accident."""
+    first = today - timedelta(days=lookback_days)
+    if last_nightly_today is not None:
+        first = min(first, last_nightly_today)
+    older = {day: when for day, when in changes.items() if day < first}
+    changed = sorted(
+        day for day, when in older.items() if day in computed and when >= computed[day] - CLOCK_SKEW
+    )
+    uncovered = sorted(day for day in older if day not in computed)
+    return Plan(today, (first, today), changed, uncovered, sorted(d for d in dirty if d < first))
+
+
+@dataclass
+class Work:
+    """What one run recomputes, where, and what its record says about it."""
+
+    days: list[date]
+    target: Target
+    complete_through: date | None = None
+    record: Doc = field(default_factory=dict)
+    # Unplaceable documents are counted among those changed since then (None: all).
+    bad_since: datetime | None = None
+    # Months whose totals are re-derived even though none of their days is recomputed.
+    months: list[str] = field(default_factory=list)
+    on_read: Callable[[datetime], None] | None = None
+    # After the days are written: returns more fields for the run record.
+    finish: Callable[[], Doc] | None = None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    run_id: Any
+    state: ledger.State
+    wanted: Definition
+
+
+@dataclass
+class RunResult:
+    run_id: Any
+    stats: Stats
+    days: list[date]
+    seconds: float
+    record: Doc = field(default_factory=dict)
+
+
+def describe(exc: BaseException, uri: str) -> str:
+    """A run record's error: one line, without secrets."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, PyMongoError):
+        return plain_error(exc, uri)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return mask_uri(text)[:500]
+
+
+def execute(
+    dbs: Databases,
+    kind: str,
+    now: datetime,
+    clock: Callable[[], datetime],
+    plan: Callable[[RunContext], Work],
+    progress: Progress | None = None,
+) -> RunResult:
+    """Take the lock, check the definition, record the run, write the planned days, record
+    the outcome. A run whose settings differ from the stored definition writes nothing."""
+    with contextlib.ExitStack() as stack:
+        session = None
+        if dbs.supports_transactions():  # asks the server: decided after connecting
+            session = stack.enter_context(dbs.client.start_session())
+        return _locked_run(dbs, kind, now, clock, plan, progress, session)
+
+
+def _locked_run(
+    dbs: Databases,
+    kind: str,
+    now: datetime,
+    clock: Callable[[], datetime],
+    plan: Callable[[RunContext], Work],
+    progress: Progress | None,
+    session: ClientSession | None,
+) -> RunResult:
+    settings = dbs.settings
+    wanted = of_settings(settings)
+    session_id = dict(session.session_id) if session is not None else None
+    lease = runs.Lease(dbs.rollup, runs.new_holder(), settings.lease_seconds, session_id)
+    expired = lease.acquire_waiting(clock, settings.lock_wait_seconds)
+    try:
+        if expired:
+            # A crashed holder's open transaction would block every write to its days
+            # until the server times it out; ending its session aborts it now.
+            runs.end_session(dbs.client, expired.get("session_id"))
+            runs.mark_abandoned(dbs.rollup, expired["holder"], now)
+        # A rebuild may start from any definition; every other run needs the stored one.
+        state = ledger.adopt(dbs, wanted) if kind == "rebuild" else ledger.require(dbs, wanted)
+        started = time.monotonic()
+        record: Doc = {
+            "kind": kind,
+            "holder": lease.holder,
+            "started_at": now,
+            "today": local_today(now, settings).isoformat(),
+            "lock_acquired_at": clock(),
+            "filter": settings.billable_filter(),
+            "timezone": settings.timezone,
+            "definition": wanted.as_doc(),
+            "generation": state.generation,
+            "transactions": session is not None,
+        }
+        if session is None:
+            record["note"] = NO_TRANSACTIONS
+        run_id = runs.start_run(dbs.rollup, record)
+        log.info("run started", extra={"run_id": str(run_id), "kind": kind})
+        if session is None:
+            log.warning(NO_TRANSACTIONS, extra={"run_id": str(run_id)})
+        try:
+            work = plan(RunContext(run_id, state, wanted))
+            days = work.days
+            span = [days[0].isoformat(), days[-1].isoformat()] if days else None
+            runs.update_run(dbs.rollup, run_id, {"range": span, **work.record})
+            rollup.ensure_indexes(dbs, work.target.generation)
+            stats = rollup.recompute(
+                dbs,
+                work.target,
+                days,
+                progress,
+                lambda: lease.renew(clock()),
+                session,
+                work.on_read,
+            )
+            touched = {day.isoformat()[:7] for day in days}
+            extra_months = sorted(set(work.months) - touched)
+            if extra_months:
+                rederive_months(dbs, work.target, extra_months, session)
+            bad = rollup.count_bad_created_at(dbs, work.bad_since)
+            if bad:
+                stats.skipped["bad_created_at"] += bad
+            finished = work.finish() if work.finish else {}
+        except BaseException as exc:
+            runs.update_run(
+                dbs.rollup,
+                run_id,
+                {"status": runs.FAILED, "finished_at": clock(), "error": describe(exc, dbs.uri)},
+            )
+            log.error(
+                "run failed",
+                extra={"run_id": str(run_id), "kind": kind, "error": describe(exc, dbs.uri)},
+            )
+            raise
+        through = work.complete_through
+        outcome = {
+            "status": runs.OK,
+            "finished_at": clock(),
+            "complete_through": through.isoformat() if through else None,
+            **stats.as_record(),
+            **finished,
+        }
+        runs.update_run(dbs.rollup, run_id, outcome)
+        log.info("run finished", extra={"run_id": str(run_id), "kind": kind, "outcome": "ok"})
+        seconds = time.monotonic() - started
+        return RunResult(run_id, stats, days, seconds, {**record, **work.record, **outcome})
+    finally:
+        lease.release()
+
+
+def rederive_months(
+    dbs: Databases, target: Target, months: list[str], session: ClientSession | None
+) -> None:
+    """Rewrite month totals from the day rows, atomically, and let readers know."""
+
+    def write() -> None:
+        rollup.derive_months(dbs, target.generation, months, session)
+        if target.served:
+            ledger.bump(dbs.rollup, target.generation, session)
+
+    rollup.in_transaction(session, write)
+
+
+def served_target(ctx: RunContext, kind: str) -> Target:
+    return Target(ctx.state.generation, ctx.run_id, kind, ctx.wanted.fingerprint)
+
+
+def first_read_starts_scan(dbs: Databases, state: ledger.State) -> Callable[[datetime], None]:
+    """A generation's first source read is where the nightly change scan starts."""
+
+    def on_read(read_started: datetime) -> None:
+        if state.scan_from is None:
+            dbs.rollup[ledger.STATE].update_one(
+                {"_id": ledger.STATE_ID, "generation": state.generation, "scan_from": None},
+                {"$set": {"scan_from": read_started}},
+            )
+
+    return on_read
+
+
+def run_nightly(
+    dbs: Databases, now: datetime, clock: Callable[[], datetime], progress: Progress | None = None
+) -> RunResult:
+    """The nightly run: lookback window, missed nights, changed and dirty older days."""
+
+    def plan(ctx: RunContext) -> Work:
+        state = ctx.state
+        generation = state.generation
+        scan_start = dbs.server_time()
+        today = local_today(now, dbs.settings)
+        last_ok = runs.last_ok_run(dbs.rollup, "nightly")
+        last_today = date.fromisoformat(last_ok["today"]) if last_ok else None
+        first = plan_nightly(today, dbs.settings.lookback_days, last_today, {}, {}, []).window[0]
+        changes: dict[date, datetime] = {}
+        since = state.scan_from - CLOCK_SKEW if state.scan_from else None
+        if since is not None:
+            changes = rollup.changed_days(dbs, since, first)
+        computed = ledger.computed(dbs, generation, list(changes))
+        dirty = ledger.dirty_days(dbs, generation)
+        p = plan_nightly(today, dbs.settings.lookback_days, last_today, changes, computed, dirty)
+
+        def finish() -> Doc:
+            ledger.set_scan_from(dbs.rollup, generation, scan_start)
+            return {}
+
+        return Work(
+            days=p.days,
+            target=served_target(ctx, "nightly"),
+            complete_through=p.today - timedelta(days=1),
+            record={
+                "window": [p.window[0].isoformat(), p.window[1].isoformat()],
+                "changed_days": [day.isoformat() for day in p.changed],
+                "dirty_days": [day.isoformat() for day in p.dirty],
+                "changed_uncovered_days": len(p.uncovered),
+                "changed_uncovered": [day.isoformat() for day in p.uncovered[:LISTED_DAYS]],
+                "changed_since": since,
+            },
+            bad_since=since,
+            on_read=first_read_starts_scan(dbs, state),
+            finish=finish,
+        )
+
+    return execute(dbs, "nightly", now, clock, plan, progress)
+
+
+def run_backfill(
+    dbs: Databases,
+    first: date,
+    last: date,
+    now: datetime,
+    clock: Callable[[], datetime],
+    progress: Progress | None = None,
+) -> RunResult:
+    """Recompute first..last inclusive, extending coverage to it."""
+
+    def plan(ctx: RunContext) -> Work:
+        today = local_today(now, dbs.settings)
+        return Work(
+            days=day_range(first, last),
+            target=served_target(ctx, "backfill"),
+            complete_through=min(last, today - timedelta(days=1)),
+            on_read=first_read_starts_scan(dbs, ctx.state),
+        )
+
+    return execute(dbs, "backfill", now, clock, plan, progress)
+
+
+def run_repair(
+    dbs: Databases,
+    days: list[date],
+    now: datetime,
+    clock: Callable[[], datetime],
+    months: list[str] | None = None,
+) -> RunResult:
+    """Recompute exactly the given days, and re-derive the given months' totals (those
+    `verify` found drifted)."""
+
+    def plan(ctx: RunContext) -> Work:
+        return Work(
+            days=sorted(days),
+            target=served_target(ctx, "repair"),
+            record={
+                "repaired_days": [day.isoformat() for day in sorted(days)],
+                "repaired_months": sorted(months or []),
+            },
+            months=list(months or []),
+        )
+
+    return execute(dbs, "repair", now, clock, plan)
+
+
+def generations_present(dbs: Databases) -> set[int]:
+    """Generations that have any rollup collection."""
+    found = set()
+    for name in dbs.rollup.list_collection_names():
+        for base in (USAGE_DAILY, USAGE_MONTHLY, USAGE_DAYS):
+            if name == base:
+                found.add(1)
+            elif name.startswith(base + "_g") and name[len(base) + 2 :].isdigit():
+                found.add(int(name[len(base) + 2 :]))
+    return found
+
+
+def drop_generation(dbs: Databases, generation: int) -> None:
+    dbs.usage_daily(generation).drop()
+    dbs.usage_monthly(generation).drop()
+    dbs.usage_days(generation).drop()
+
+
+def run_rebuild(
+    dbs: Databases,
+    now: datetime,
+    clock: Callable[[], datetime],
+    first: date | None = None,
+    last: date | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Build every covered day (or first..last) under the current settings into a new
+    generation while the current one is served, then switch to it in one write.
+
+    Run again after an interruption, it goes on with the days not yet built.
+    """
+
+    def plan(ctx: RunContext) -> Work:
+        state = ctx.state
+        pending = state.pending
+        resumed = (
+            pending is not None
+            and pending.definition == ctx.wanted
+            and (pending.first, pending.last) == (first, last)
+        )
+        if not resumed:
+            number = max(state.generation, pending.generation if pending else 0) + 1
+            pending = ledger.Pending(number, ctx.wanted, None, first, last)
+            drop_generation(dbs, number)
+            ledger.begin_pending(dbs.rollup, pending)
+        assert pending is not None
+        for generation in generations_present(dbs) - {state.generation, pending.generation}:
+            drop_generation(dbs, generation)
+        if first is not None and last is not None:
+            wanted_days = day_range(first, last)
+        else:
+            wanted_days = ledger.covered_days(dbs, state.generation)
+        if not wanted_days:
+            raise NothingToRebuild(
+                "no day has been computed yet: give --start and --end, or run `usage backfill`"
+            )
+        built = set(ledger.covered_days(dbs, pending.generation))
+        built -= set(ledger.dirty_days(dbs, pending.generation))
+        number = pending.generation
+
+        def on_read(read_started: datetime) -> None:
+            ledger.note_pending_read(dbs.rollup, number, read_started)
+
+        def finish() -> Doc:
+            latest = ledger.read_state(dbs.rollup)
+            assert latest is not None and latest.pending is not None
+            ledger.switch(dbs.rollup, latest.pending)
+            return {"switched_from": state.generation, "switched_to": number}
+
+        return Work(
+            days=[day for day in wanted_days if day not in built],
+            target=Target(number, ctx.run_id, "rebuild", ctx.wanted.fingerprint, served=False),
+            record={
+                "rebuild_generation": number,
+                "rebuild_days": len(wanted_days),
+                "resumed": resumed,
+            },
+            on_read=on_read,
+            finish=finish,
+        )
+
+    return execute(dbs, "rebuild", now, clock, plan, progress)
+
+
+@dataclass
+class Verification:
+    drift: list[Any]
+    months: list[str]
+    uncovered: list[date]
+    repair: RunResult | None = None
+
+
+def verify_range(
+    dbs: Databases,
+    first: date,
+    last: date,
+    now: datetime,
+    clock: Callable[[], datetime],
+    repair: bool = False,
+) -> Verification:
+    """Recount first..last from the source against the served rollup; with `repair`,
+    recompute the drifted days and re-derive the drifted months in one recorded run."""
+    wanted = of_settings(dbs.settings)
+    state = ledger.read_state(dbs.rollup)
+    if state is not None and state.definition != wanted:
+        raise DefinitionMismatch(state.definition, wanted)
+    generation = state.generation if state else 1
+    drift = verify.find_drift(dbs, first, last, generation)
+    months = verify.find_month_drift(dbs, first, last, generation)
+    result = Verification(drift, months, verify.uncovered_days(dbs, first, last, generation))
+    if repair and (drift or months):
+        result.repair = run_repair(dbs, verify.drifted_days(drift), now, clock, months)
+    return result
