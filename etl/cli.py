@@ -129,7 +129,7 @@ def rollup_command(ctx: typer.Context) -> None:
     Example: usage rollup
     """
     with databases(settings_of(ctx)) as dbs:
-        result = runner.run_nightly(dbs, utcnow(), utcnow)
+        result = runner.run_nightly(dbs, dbs.server_time(), dbs.server_time)
     print_result(result, "nightly")
 
 
@@ -151,7 +151,7 @@ def backfill(
         out.print(f"would recompute {days} days ({first} to {last}) in {batches} batches")
         return
     with databases(settings_of(ctx)) as dbs, progress_bar(days, "backfill") as advance:
-        result = runner.run_backfill(dbs, first, last, utcnow(), utcnow, advance)
+        result = runner.run_backfill(dbs, first, last, dbs.server_time(), dbs.server_time, advance)
     print_result(result, "backfill")
 
 
@@ -168,7 +168,7 @@ def rebuild(
     The API serves the current generation until the switch; an interrupted rebuild goes on
     where it stopped when run again.
 
-    Example: USAGE_TIMEZONE=America/New_York usage rebuild
+    Example: usage rebuild --start 2026-05-01 --end 2026-10-31
     """
     if (start is None) != (end is None):
         raise typer.BadParameter("give both --start and --end, or neither", param_hint="--start")
@@ -180,7 +180,9 @@ def rebuild(
             state = ledger.read_state(dbs.rollup)
             days = ledger.coverage(dbs, state.generation).days if state else 0
         with progress_bar(days, "rebuild") as advance:
-            result = runner.run_rebuild(dbs, utcnow(), utcnow, first, last, advance)
+            result = runner.run_rebuild(
+                dbs, dbs.server_time(), dbs.server_time, first, last, advance
+            )
     print_result(result, "rebuild")
     out.print(
         f"serving generation {result.record['switched_to']} "
@@ -293,7 +295,9 @@ def verify_command(
     """
     first, last = parse_range(start, end)
     with databases(settings_of(ctx)) as dbs:
-        found = runner.verify_range(dbs, first, last, utcnow(), utcnow, repair=repair)
+        found = runner.verify_range(
+            dbs, first, last, dbs.server_time(), dbs.server_time, repair=repair
+        )
     for item in found.drift:
         out.print(item.describe(), markup=False)
     for month in found.months:

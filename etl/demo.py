@@ -45,13 +45,13 @@ def run(
     if state is not None and state.definition != of_settings(dbs.settings):
         # Data of an earlier demo, computed under other settings or an older pipeline.
         with progress_bar(days, "rebuild") as advance:
-            result = runner.run_rebuild(dbs, now, utcnow, first, last, advance)
+            result = runner.run_rebuild(dbs, now, dbs.server_time, first, last, advance)
         out.print(f"rebuild: {result.stats.days} days under the current settings")
     elif state is None or ledger.first_day(dbs, state.generation) is None:
         with progress_bar(days, "backfill") as advance:
-            result = runner.run_backfill(dbs, first, last, now, utcnow, advance)
+            result = runner.run_backfill(dbs, first, last, now, dbs.server_time, advance)
         out.print(f"backfill: {result.stats.days} days, {result.stats.rows_written} rows")
-    nightly = runner.run_nightly(dbs, utcnow(), utcnow)
+    nightly = runner.run_nightly(dbs, dbs.server_time(), dbs.server_time)
     out.print(
         f"nightly: {nightly.stats.days} days, {nightly.stats.conversations} conversations, "
         f"skipped {dict(nightly.stats.skipped)}",

@@ -15,13 +15,14 @@ def utcnow() -> datetime:
 def nightly_rollup() -> None:
     """Recompute the lookback window, missed nights and changed older days."""
     with open_databases(get_settings()) as dbs:
-        runner.run_nightly(dbs, utcnow(), utcnow)
+        runner.run_nightly(dbs, dbs.server_time(), dbs.server_time)
 
 
 def weekly_repair(days: int = 90) -> None:
     """Verify the last `days` days against the source and repair what drifted."""
     settings = get_settings()
     with open_databases(settings) as dbs:
-        now = utcnow()
+        now = dbs.server_time()
         today = rollup.local_today(now, settings)
-        runner.verify_range(dbs, today - timedelta(days=days), today, now, utcnow, repair=True)
+        first = today - timedelta(days=days)
+        runner.verify_range(dbs, first, today, now, dbs.server_time, repair=True)

@@ -223,11 +223,15 @@ def recompute(
     heartbeat: Callable[[], None] | None = None,
     session: ClientSession | None = None,
     on_read: Callable[[datetime], None] | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> Stats:
-    """Recompute the given local days, a batch at a time."""
+    """Recompute the given local days, a batch at a time.
+
+    `clock` stamps when each batch began reading the source (default: the server's clock).
+    """
     total = Stats()
     for first, last in batches(days):
-        read_started = dbs.server_time()
+        read_started = (clock or dbs.server_time)()
         if on_read:
             on_read(read_started)
         by_day, stats = fetch_rows(dbs, first, last)

@@ -188,6 +188,7 @@ def _locked_run(
                 lambda: lease.renew(clock()),
                 session,
                 work.on_read,
+                clock,
             )
             touched = {day.isoformat()[:7] for day in days}
             extra_months = sorted(set(work.months) - touched)
@@ -262,7 +263,7 @@ def run_nightly(
     def plan(ctx: RunContext) -> Work:
         state = ctx.state
         generation = state.generation
-        scan_start = dbs.server_time()
+        scan_start = clock()
         today = local_today(now, dbs.settings)
         last_ok = runs.last_ok_run(dbs.rollup, "nightly")
         last_today = date.fromisoformat(last_ok["today"]) if last_ok else None

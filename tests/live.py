@@ -10,7 +10,7 @@ import pytest
 
 from api import auth
 from api.server import make_server, start_in_thread
-from etl import rollup, sample
+from etl import rollup, runner, sample
 from etl.db import Databases
 from etl.jobs import utcnow
 from tests.conftest import free_port
@@ -42,8 +42,8 @@ def live(dbs: Databases) -> Iterator[Live]:
     internal = sample.make_sample(SPEC).internal_ids
     dbs.settings = dbs.settings.model_copy(update={"internal_org_ids": internal})
     today = rollup.local_today(now, dbs.settings)
-    rollup.run_backfill(dbs, today - timedelta(days=SPEC.days), today, now, utcnow)
-    rollup.run_nightly(dbs, utcnow(), utcnow)
+    runner.run_backfill(dbs, today - timedelta(days=SPEC.days), today, now, utcnow)
+    runner.run_nightly(dbs, utcnow(), utcnow)
     key = auth.create_key(dbs.rollup, "staff", None, now)[1]
     org_id = str(dbs.source.organizations.find_one({"name": "GIC"})["_id"])
     org_key = auth.create_key(dbs.rollup, "GIC", org_id, now)[1]

@@ -2,7 +2,7 @@
 
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 import pytest
 from bson import ObjectId
@@ -10,7 +10,9 @@ from fastapi.testclient import TestClient
 
 from api import auth
 from api.app import create_app
+from etl import ledger
 from etl.db import Databases
+from etl.definition import of_settings
 from tests.factories import BOT_1, BOT_2, make_row, monthly_rows
 
 NOW = datetime(2026, 11, 25, 12, 0)
@@ -54,9 +56,18 @@ def add_run(dbs: Databases, through: str, finished: datetime) -> None:
     )
 
 
+def cover(dbs: Databases, first: date, last: date) -> None:
+    """Record first..last as computed under the settings' definition."""
+    ledger.adopt(dbs, of_settings(dbs.settings))
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    stamp = {"run_id": None, "kind": "backfill", "read_started": NOW, "fingerprint": "f"}
+    ledger.stamp_days(dbs, 1, days, stamp)
+
+
 @pytest.fixture
 def api(make_dbs: Callable[..., Databases]) -> Iterator[Api]:
     dbs = make_dbs(internal_org_ids=[INTERNAL])
+    cover(dbs, date(2026, 9, 1), date(2026, 11, 24))
     dbs.usage_daily().insert_many([dict(row) for row in ROWS])
     dbs.usage_monthly().insert_many(monthly_rows(ROWS))
     dbs.source.organizations.insert_many(
@@ -229,6 +240,7 @@ def test_a_new_run_invalidates_cached_responses(api: Api) -> None:
         {"org_id": A, "month": "2026-10", "agent_id": BOT_1}, {"$inc": {"conversations": 10}}
     )
     assert api.usage() == before  # served from the cache: no run completed
+    cover(api.dbs, date(2026, 11, 25), date(2026, 11, 25))
     add_run(api.dbs, "2026-11-25", datetime(2026, 11, 25, 13, 0))
     after = api.usage()
     assert after["rows"][0]["totals"]["conversations"] == 16
@@ -239,6 +251,19 @@ def test_health_reports_the_database_and_the_last_run(api: Api) -> None:
     body = api.get("/api/health", None).json()
     assert body == {
         "database": "ok",
+        "generation": 1,
+        "definition": {
+            "timezone": "UTC",
+            "billable_status": 1000,
+            "billable_min_depth": 2,
+            "exclude_test_mode": True,
+            "profile": "deployment",
+            "attribution": "attributes.bot_id, else unattributed",
+            "skip_rules": "no_organization, bad_created_at, bad_depth, depth_out_of_range",
+            "version": 2,
+            "fingerprint": body["definition"]["fingerprint"],
+        },
+        "data_from": "2026-09-01",
         "data_through": "2026-11-24",
         "last_run_status": "ok",
         "last_run_finished_at": "2026-11-25T02:30:00Z",

@@ -4,16 +4,16 @@ from datetime import date, datetime, timedelta
 
 import pytest
 
-from etl import rollup, runs, verify
+from etl import rollup, runner, runs, verify
 from etl.db import Databases
 from tests.factories import BOT_1, ORG_A, make_request
 
 
-def nightly(dbs: Databases, now: datetime) -> rollup.RunResult:
-    return rollup.run_nightly(dbs, now, lambda: now)
+def nightly(dbs: Databases, now: datetime) -> runner.RunResult:
+    return runner.run_nightly(dbs, now, lambda: now)
 
 
-def days_of(result: rollup.RunResult) -> list[str]:
+def days_of(result: runner.RunResult) -> list[str]:
     return [day.isoformat() for day in result.days]
 
 
@@ -27,6 +27,7 @@ def test_late_close_of_an_old_conversation_is_picked_up(dbs: Databases) -> None:
     created = datetime(2026, 10, 1, 9, 0)
     dbs.source.requests.insert_one(make_request(createdAt=created, status=200, updatedAt=created))
     first = datetime(2026, 10, 12, 2, 0)
+    runner.run_backfill(dbs, date(2026, 9, 30), date(2026, 10, 11), first, lambda: first)
     nightly(dbs, first)
     dbs.source.requests.update_one(
         {}, {"$set": {"status": 1000, "updatedAt": first + timedelta(hours=5)}}
@@ -79,11 +80,11 @@ def test_a_failed_run_is_recorded_and_keeps_earlier_rows(dbs: Databases) -> None
     nightly(dbs, now)
     before = list(dbs.usage_daily().find())
 
-    def broken() -> rollup.Work:
+    def broken(ctx: runner.RunContext) -> runner.Work:
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        rollup.execute(dbs, "nightly", now, lambda: now, broken)
+        runner.execute(dbs, "nightly", now, lambda: now, broken)
     assert list(dbs.usage_daily().find()) == before
     assert runs.current_lock(dbs.rollup) is None
 
@@ -95,14 +96,14 @@ def test_an_interrupted_backfill_is_recorded_failed_and_days_stay_whole(dbs: Dat
         dbs.source.requests.insert_one(
             make_request(createdAt=datetime(day.year, day.month, day.day, 8))
         )
-    rollup.run_backfill(dbs, first, last, now, lambda: now)
+    runner.run_backfill(dbs, first, last, now, lambda: now)
     dbs.source.requests.update_many({}, {"$set": {"depth": 7}})
 
     def interrupt(days: int) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        rollup.run_backfill(dbs, first, last, now, lambda: now, interrupt)
+        runner.run_backfill(dbs, first, last, now, lambda: now, interrupt)
     failed = dbs.rollup.etl_runs.find_one({"status": "failed"})
     assert failed is not None and failed["error"] == "interrupted"
     messages = {r["day"]: r["messages"] for r in dbs.usage_daily().find()}
@@ -117,7 +118,7 @@ def test_verify_finds_drift_and_repair_fixes_exactly_those_days(dbs: Databases) 
     now = datetime(2026, 10, 20, 2, 0)
     for day in (5, 6, 7):
         dbs.source.requests.insert_one(make_request(createdAt=datetime(2026, 10, day, 8, 0)))
-    rollup.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 10), now, lambda: now)
+    runner.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 10), now, lambda: now)
     assert verify.find_drift(dbs, date(2026, 10, 1), date(2026, 10, 10)) == []
     dbs.source.requests.delete_one({"createdAt": datetime(2026, 10, 6, 8, 0)})
     dbs.usage_daily().update_one({"day": "2026-10-07"}, {"$set": {"messages": 99}})
@@ -126,7 +127,7 @@ def test_verify_finds_drift_and_repair_fixes_exactly_those_days(dbs: Databases) 
         ("2026-10-06", {}, 5),
         ("2026-10-07", {"conversations": 1, "messages": 5, "handoffs": 0}, 99),
     ]
-    result = rollup.run_repair(dbs, verify.drifted_days(drift), now, lambda: now)
+    result = runner.run_repair(dbs, verify.drifted_days(drift), now, lambda: now)
     assert days_of(result) == ["2026-10-06", "2026-10-07"]
     assert verify.find_drift(dbs, date(2026, 10, 1), date(2026, 10, 10)) == []
     assert sorted(r["day"] for r in dbs.usage_daily().find()) == ["2026-10-05", "2026-10-07"]
@@ -134,26 +135,42 @@ def test_verify_finds_drift_and_repair_fixes_exactly_those_days(dbs: Databases) 
     assert {r["org_id"] for r in dbs.usage_daily().find()} == {str(ORG_A)}
 
 
-def test_verify_finds_a_drifted_month_and_repair_rebuilds_it(dbs: Databases) -> None:
+def test_repair_of_drifted_months_that_are_not_adjacent_leaves_every_month_exact(
+    dbs: Databases,
+) -> None:
     now = datetime(2026, 10, 20, 2, 0)
-    for day in (5, 6):
-        dbs.source.requests.insert_one(make_request(createdAt=datetime(2026, 10, day, 8, 0)))
-    rollup.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 10), now, lambda: now)
-    assert verify.find_month_drift(dbs, date(2026, 10, 1), date(2026, 10, 10)) == []
-    dbs.usage_monthly().update_many({}, {"$inc": {"conversations": 1}})
+    created = [datetime(2026, month, day, 8, 0) for month in (7, 8, 9) for day in (5, 6)]
+    dbs.source.requests.insert_many([make_request(createdAt=at) for at in created])
+    runner.run_backfill(dbs, date(2026, 7, 1), date(2026, 9, 30), now, lambda: now)
+    first, last = date(2026, 7, 1), date(2026, 9, 30)
+    assert verify.find_month_drift(dbs, first, last) == []
+    dbs.usage_monthly().update_many(
+        {"month": {"$in": ["2026-07", "2026-09"]}}, {"$inc": {"conversations": 1}}
+    )
     dbs.usage_monthly().insert_one(
         {
             "_id": "x",
             "org_id": "x",
             "agent_id": "y",
-            "month": "2026-10",
+            "month": "2026-09",
             "conversations": 1,
             "messages": 1,
             "handoffs": 0,
         }
     )
-    assert verify.find_month_drift(dbs, date(2026, 10, 1), date(2026, 10, 10)) == ["2026-10"]
-    verify.rebuild_months(dbs, ["2026-10"])
-    assert verify.find_month_drift(dbs, date(2026, 10, 1), date(2026, 10, 10)) == []
-    (row,) = dbs.usage_monthly().find()
-    assert (row["conversations"], row["messages"]) == (2, 10)
+    assert verify.find_month_drift(dbs, first, last) == ["2026-07", "2026-09"]
+    found = runner.verify_range(dbs, first, last, now, lambda: now, repair=True)
+    assert found.drift == [] and found.months == ["2026-07", "2026-09"]
+    assert found.repair is not None
+    run = dbs.rollup.etl_runs.find_one({"_id": found.repair.run_id})
+    assert run is not None and run["kind"] == "repair" and run["status"] == "ok"
+    assert run["repaired_months"] == ["2026-07", "2026-09"]
+    assert verify.find_month_drift(dbs, first, last) == []
+    # Two conversations of depth 5 per month, counted independently of the rollup.
+    assert {
+        r["month"]: (r["conversations"], r["messages"]) for r in dbs.usage_monthly().find()
+    } == {
+        "2026-07": (2, 10),
+        "2026-08": (2, 10),
+        "2026-09": (2, 10),
+    }

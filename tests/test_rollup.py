@@ -6,7 +6,7 @@ from datetime import date, datetime, timedelta
 import pytest
 from bson import ObjectId
 
-from etl import rollup
+from etl import rollup, runner
 from etl.db import Databases
 from etl.settings import Settings
 from tests.factories import BOT_1, BOT_2, DROP, ORG_A, ORG_B, make_request
@@ -19,8 +19,8 @@ def clock() -> datetime:
     return NOW
 
 
-def backfill(dbs: Databases, first: str = DAY, last: str = DAY) -> rollup.RunResult:
-    return rollup.run_backfill(dbs, date.fromisoformat(first), date.fromisoformat(last), NOW, clock)
+def backfill(dbs: Databases, first: str = DAY, last: str = DAY) -> runner.RunResult:
+    return runner.run_backfill(dbs, date.fromisoformat(first), date.fromisoformat(last), NOW, clock)
 
 
 def rows(dbs: Databases) -> list[dict[str, object]]:
@@ -96,7 +96,7 @@ def test_day_boundaries_follow_daylight_saving(
     dbs = make_dbs(timezone="America/New_York")
     dbs.source.requests.insert_one(make_request(createdAt=created_utc))
     day = date.fromisoformat(local_day)
-    rollup.run_backfill(dbs, day - timedelta(days=1), day + timedelta(days=1), NOW, clock)
+    runner.run_backfill(dbs, day - timedelta(days=1), day + timedelta(days=1), NOW, clock)
     assert [r["day"] for r in rows(dbs)] == [local_day]
 
 

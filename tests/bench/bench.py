@@ -28,7 +28,7 @@ from api import auth
 from api.auth import Principal
 from api.buckets import default_range
 from api.usage import UsageQuery, UsageService, resolve_query
-from etl import indexes, rollup, sample, source
+from etl import indexes, rollup, runner, sample, source
 from etl.db import Databases, connect
 from etl.jobs import utcnow
 from etl.settings import Settings
@@ -289,12 +289,12 @@ def wait_for_http(host: str, port: int, timeout: float = 60.0) -> None:
 
 
 def nightly_seconds(dbs: Databases, now: datetime, runs: int) -> float:
-    rollup.run_nightly(dbs, now, lambda: now)
+    runner.run_nightly(dbs, now, lambda: now)
     times = []
     for n in range(runs):
         later = now + timedelta(minutes=30 * (n + 1))
         started = time.perf_counter()
-        rollup.run_nightly(dbs, later, lambda at=later: at)
+        runner.run_nightly(dbs, later, lambda at=later: at)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -399,7 +399,7 @@ def measure(bench: Bench, uri: str, spec: sample.SampleSpec, args: argparse.Name
         ratio = child["rss_mb"] / small_child["rss_mb"]
         bench.add("backfill peak RSS standard / small", ratio, "<= 1.2", ratio <= 1.2)
         small.close()
-    rollup.run_nightly(dbs, utcnow(), utcnow)
+    runner.run_nightly(dbs, utcnow(), utcnow)
 
     # 1 and 2: the dashboard mix from the rollup (warm and cold) against the baseline.
     mix = dashboard_mix(dbs, today, spec)

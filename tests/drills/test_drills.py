@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from api import auth
 from api.app import create_app
-from etl import rollup, runs, sample, verify
+from etl import rollup, runner, runs, sample, verify
 from etl.db import Databases, connect, mask_uri
 from etl.jobs import utcnow
 from tests.commands import COMMAND, clean_env, env_for, one_line, usage
@@ -40,7 +40,7 @@ def rows(dbs: Databases) -> list[dict[str, Any]]:
 def clean_rows(make_dbs: Callable[..., Databases], dbs: Databases, first: date, last: date) -> Any:
     """The rows a single uninterrupted backfill gives, written to a separate database."""
     other = make_dbs(source_db=dbs.settings.source_db)
-    rollup.run_backfill(other, first, last, utcnow(), utcnow)
+    runner.run_backfill(other, first, last, utcnow(), utcnow)
     return rows(other)
 
 
@@ -117,7 +117,7 @@ def test_drill_four_concurrent_rollups_run_one_at_a_time(
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start
     single = make_dbs(source_db=dbs.settings.source_db)
-    rollup.run_nightly(single, utcnow(), utcnow)
+    runner.run_nightly(single, utcnow(), utcnow)
     assert rows(dbs) == rows(single)
 
 
@@ -138,8 +138,8 @@ def test_drill_database_outage_fails_cleanly_and_the_next_night_catches_up(
 def outage(db_process: ServerProcess, dbs: Databases) -> None:
     now = utcnow()
     first, last = load(dbs, now)
-    rollup.run_nightly(dbs, now, utcnow)
-    rollup.run_backfill(dbs, first, last, now, utcnow)
+    runner.run_nightly(dbs, now, utcnow)
+    runner.run_backfill(dbs, first, last, now, utcnow)
     old = dbs.source.requests.find({"status": 1000}, {"_id": 1}, limit=40)
     flipped = [doc["_id"] for doc in old]
     dbs.source.requests.update_many(
@@ -187,7 +187,7 @@ def test_drill_readers_see_each_day_old_or_new_never_half(
     now = utcnow()
     first, last = load(dbs, now)
     first = last - timedelta(days=29)
-    rollup.run_backfill(dbs, first, last, now, utcnow)
+    runner.run_backfill(dbs, first, last, now, utcnow)
 
     def per_day() -> dict[str, int]:
         return {
@@ -197,7 +197,7 @@ def test_drill_readers_see_each_day_old_or_new_never_half(
 
     old = per_day()
     dbs.source.requests.update_many({}, {"$inc": {"depth": 1}})
-    rollup.run_backfill(dbs, first, last, now, utcnow)
+    runner.run_backfill(dbs, first, last, now, utcnow)
     new = per_day()
     assert all(old[day] != new[day] for day in old)
     key = auth.create_key(dbs.rollup, "staff", None, now)[1]
@@ -208,7 +208,7 @@ def test_drill_readers_see_each_day_old_or_new_never_half(
         try:
             for n in range(4):
                 dbs.source.requests.update_many({}, {"$inc": {"depth": -1 if n % 2 == 0 else 1}})
-                rollup.run_backfill(dbs, first, last, now, utcnow)
+                runner.run_backfill(dbs, first, last, now, utcnow)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -251,8 +251,8 @@ def test_drill_late_and_changed_data_is_reflected_and_nothing_else_touched(
     late = make_request(createdAt=midnight - timedelta(days=6) + timedelta(hours=5), status=200)
     docs.append(late)
     dbs.source.requests.insert_many(docs)
-    rollup.run_backfill(dbs, date(2026, 9, 20), date(2026, 10, 19), day0, lambda: day0)
-    rollup.run_nightly(dbs, day0, lambda: day0)
+    runner.run_backfill(dbs, date(2026, 9, 20), date(2026, 10, 19), day0, lambda: day0)
+    runner.run_nightly(dbs, day0, lambda: day0)
     before = {r["_id"]: r for r in rows(dbs)}
     later = day0 + timedelta(days=1)
     touched = later - timedelta(hours=1)
@@ -268,7 +268,7 @@ def test_drill_late_and_changed_data_is_reflected_and_nothing_else_touched(
     dbs.source.requests.update_one(pick(15, ORG_B), flip)
     dbs.source.requests.delete_one(pick(1, ORG_A))
     dbs.source.requests.delete_one(pick(12, ORG_A))
-    rollup.run_nightly(dbs, later, lambda: later)
+    runner.run_nightly(dbs, later, lambda: later)
     after = {r["_id"]: r for r in rows(dbs)}
     changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
     day = lambda n: (midnight - timedelta(days=n)).date().isoformat()  # noqa: E731
@@ -285,7 +285,7 @@ def test_drill_late_and_changed_data_is_reflected_and_nothing_else_touched(
     assert [(d.day, d.expected["conversations"], d.stored["conversations"]) for d in drift] == [
         (day(12), 1, 2)
     ]
-    rollup.run_repair(dbs, verify.drifted_days(drift), later, lambda: later)
+    runner.run_repair(dbs, verify.drifted_days(drift), later, lambda: later)
     assert verify.find_drift(dbs, first, last) == []
 
 
@@ -393,7 +393,7 @@ def test_drill_hostile_source_documents_never_crash_and_are_counted_by_reason(
             cell[0] += 1
             cell[1] += depth
             cell[2] += handoff
-    result = rollup.run_backfill(dbs, date(2026, 10, 10), date(2026, 10, 20), DAY, lambda: DAY)
+    result = runner.run_backfill(dbs, date(2026, 10, 10), date(2026, 10, 20), DAY, lambda: DAY)
     assert dict(result.stats.skipped) == dict(skipped)
     assert len(skipped) >= 4  # the generator reached every reason
     got = {
@@ -413,7 +413,7 @@ def test_drill_a_customer_key_never_reads_another_organization(dbs: Databases) -
     for org in (ORG_A, ORG_B, ObjectId(internal)):
         dbs.source.requests.insert_one(make_request(id_organization=org))
     now = datetime(2026, 10, 20, 2, 0)
-    rollup.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 19), now, lambda: now)
+    runner.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 19), now, lambda: now)
     _, secret = auth.create_key(dbs.rollup, "customer", own, now)
     headers = {"Authorization": f"Bearer {secret}"}
     choices: dict[str, list[str | None]] = {
