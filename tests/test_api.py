@@ -279,7 +279,7 @@ def test_an_unreachable_database_gets_503_not_500(
     down = connect(dbs.settings, dead_uri)
     try:
         with TestClient(create_app(down, clock=lambda: NOW)) as client:
-            auth_header = {"Authorization": "Bearer usk_whatever"}
+            auth_header = {"Authorization": "Bearer usk_" + "k" * 43}  # a key's shape
             usage = client.get("/api/aggregations/usage", headers=auth_header)
             assert usage.status_code == 503
             assert usage.json() == {"detail": "the database is unavailable; try again"}

@@ -359,12 +359,16 @@ def expected_outcome(doc: dict[str, Any]) -> tuple[str, Any]:
         return ("skip", "bad_depth")
     if depth > 1_000_000:
         return ("skip", "depth_out_of_range")
+    if depth != int(depth):  # 2.5 messages: no such thing
+        return ("skip", "bad_depth")
     attributes = doc.get("attributes")
     bot = attributes.get("bot_id") if isinstance(attributes, dict) else None
     if isinstance(bot, ObjectId):
         agent = str(bot)
     elif isinstance(bot, str) and bot.strip():
         agent = bot.strip()
+        if len(agent) == 24 and set(agent.lower()) <= HEX:
+            agent = agent.lower()
     else:
         agent = "unattributed"
     agents = doc.get("participantsAgents")

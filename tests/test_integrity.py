@@ -1,0 +1,331 @@
+"""Sequences of runs on the embedded server: every stored number traces to one definition and
+to the latest source, whatever ran before. Expected numbers are counted from the documents
+the tests insert, never from the code under test."""
+
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+
+import pytest
+from bson import Decimal128, ObjectId
+
+from api.auth import Principal
+from api.usage import UsageQuery, UsageService, resolve_query
+from etl import jobs, ledger, runner, runs, verify
+from etl.db import Databases, connect
+from etl.definition import DefinitionMismatch
+from etl.settings import get_settings
+from tests.commands import env_for, one_line, usage
+from tests.factories import BOT_1, ORG_A, make_request
+
+T0 = datetime(2026, 10, 12, 2, 0)  # the first run of each sequence
+STAFF = Principal("k", "staff", None)
+
+
+def month_query(dbs: Databases, scope: str, first: str, last: str) -> UsageQuery:
+    return resolve_query(
+        scope=scope,  # type: ignore[arg-type]
+        org_id=str(ORG_A) if scope == "org" else None,
+        agent_id=None,
+        start=first,
+        end=last,
+        granularity="month",
+        include_internal=False,
+        principal=STAFF,
+        today=date(2026, 11, 1),
+        settings=dbs.settings,
+    )
+
+
+def at(moment: datetime) -> Callable[[], datetime]:
+    return lambda: moment
+
+
+def nightly(dbs: Databases, now: datetime) -> runner.RunResult:
+    return runner.run_nightly(dbs, now, at(now))
+
+
+def backfill(dbs: Databases, first: str, last: str, now: datetime = T0) -> runner.RunResult:
+    return runner.run_backfill(
+        dbs, date.fromisoformat(first), date.fromisoformat(last), now, at(now)
+    )
+
+
+def conversations(dbs: Databases, generation: int | None = None) -> dict[str, int]:
+    """Billable conversations per day, as stored in the served generation."""
+    if generation is None:
+        state = ledger.read_state(dbs.rollup)
+        generation = state.generation if state else 1
+    totals: dict[str, int] = {}
+    for row in dbs.usage_daily(generation).find():
+        totals[row["day"]] = totals.get(row["day"], 0) + row["conversations"]
+    return totals
+
+
+def monthly(dbs: Databases, generation: int = 1) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for row in dbs.usage_monthly(generation).find():
+        totals[row["month"]] = totals.get(row["month"], 0) + row["conversations"]
+    return totals
+
+
+def insert_open(dbs: Databases, day: datetime, **fields: object) -> None:
+    """A conversation of `day`, still open (status 200), last touched that day."""
+    dbs.source.requests.insert_one(make_request(createdAt=day, status=200, updatedAt=day, **fields))
+
+
+def close(dbs: Databases, created: datetime, when: datetime) -> None:
+    dbs.source.requests.update_one(
+        {"createdAt": created}, {"$set": {"status": 1000, "updatedAt": when}}
+    )
+
+
+def test_a_change_after_a_backfill_is_picked_up_by_the_first_nightly_run(dbs: Databases) -> None:
+    old, flipped = datetime(2026, 9, 3, 9), datetime(2026, 9, 4, 9)
+    insert_open(dbs, old)
+    dbs.source.requests.insert_one(make_request(createdAt=flipped, updatedAt=flipped))
+    backfill(dbs, "2026-09-01", "2026-10-11")
+    assert conversations(dbs) == {"2026-09-04": 1}
+    later = T0 + timedelta(hours=6)
+    close(dbs, old, later)
+    dbs.source.requests.update_one(
+        {"createdAt": flipped}, {"$set": {"isTestMode": True, "updatedAt": later}}
+    )
+    result = nightly(dbs, T0 + timedelta(days=1))
+    assert conversations(dbs) == {"2026-09-03": 1}
+    assert monthly(dbs) == {"2026-09": 1}
+    assert {"2026-09-03", "2026-09-04"} <= {day.isoformat() for day in result.days}
+
+
+def test_older_days_backfilled_after_nightly_runs_follow_later_changes(dbs: Databases) -> None:
+    nightly(dbs, T0)
+    old = datetime(2026, 8, 20, 9)
+    insert_open(dbs, old)
+    backfill(dbs, "2026-08-01", "2026-08-31", T0 + timedelta(hours=1))
+    close(dbs, old, T0 + timedelta(hours=3))
+    nightly(dbs, T0 + timedelta(days=1))
+    assert conversations(dbs) == {"2026-08-20": 1}
+    assert monthly(dbs) == {"2026-08": 1}
+
+
+def test_a_change_after_a_repair_is_picked_up(dbs: Databases) -> None:
+    day = datetime(2026, 9, 10, 9)
+    dbs.source.requests.insert_one(make_request(createdAt=day, updatedAt=day))
+    backfill(dbs, "2026-09-01", "2026-09-30")
+    nightly(dbs, T0)
+    dbs.usage_daily().update_one({"day": "2026-09-10"}, {"$set": {"conversations": 7}})
+    found = runner.verify_range(dbs, date(2026, 9, 1), date(2026, 9, 30), T0, at(T0), repair=True)
+    assert found.repair is not None and [d.isoformat() for d in found.repair.days] == ["2026-09-10"]
+    insert_open(dbs, datetime(2026, 9, 10, 11))
+    close(dbs, datetime(2026, 9, 10, 11), T0 + timedelta(hours=2))
+    nightly(dbs, T0 + timedelta(days=1))
+    assert conversations(dbs) == {"2026-09-10": 2}
+    assert verify.find_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
+
+
+def test_a_change_on_a_day_never_computed_is_reported_not_computed(dbs: Databases) -> None:
+    backfill(dbs, "2026-09-01", "2026-10-11")
+    nightly(dbs, T0)
+    outside = datetime(2026, 3, 5, 9)
+    insert_open(dbs, outside)
+    close(dbs, outside, T0 + timedelta(hours=4))
+    result = nightly(dbs, T0 + timedelta(days=1))
+    assert "2026-03-05" not in conversations(dbs)
+    assert ledger.first_day(dbs, 1) == date(2026, 9, 1)
+    record = dbs.rollup.etl_runs.find_one({"_id": result.run_id})
+    assert record is not None
+    assert (record["changed_uncovered_days"], record["changed_uncovered"]) == (1, ["2026-03-05"])
+    backfill(dbs, "2026-03-01", "2026-03-31", T0 + timedelta(days=1, hours=1))
+    assert conversations(dbs)["2026-03-05"] == 1
+    cover = ledger.coverage(dbs, 1)
+    assert cover.first == date(2026, 3, 1)
+    assert cover.gaps == [(date(2026, 4, 1), date(2026, 8, 31))]
+
+
+def test_a_changed_definition_is_refused_then_rebuilt_into_a_new_generation(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    utc = make_dbs()
+    # 23:30 UTC on Sep 30 is still Sep 30 in UTC, and 19:30 in New York: the same day there;
+    # 02:30 UTC on Oct 1 is Sep 30 in New York.
+    created = [
+        datetime(2026, 9, 30, 23, 30),
+        datetime(2026, 10, 1, 2, 30),
+        datetime(2026, 10, 2, 12),
+    ]
+    utc.source.requests.insert_many([make_request(createdAt=c, updatedAt=c) for c in created])
+    backfill(utc, "2026-09-01", "2026-10-11")
+    assert conversations(utc) == {"2026-09-30": 1, "2026-10-01": 1, "2026-10-02": 1}
+    before = list(utc.usage_daily().find(sort=[("_id", 1)]))
+    runs_before = utc.rollup.etl_runs.count_documents({})
+
+    ny = make_dbs(
+        timezone="America/New_York",
+        source_db=utc.settings.source_db,
+        rollup_db=utc.settings.rollup_db_name,
+    )
+    for attempt in (
+        lambda: nightly(ny, T0),
+        lambda: backfill(ny, "2026-09-01", "2026-09-02"),
+        lambda: runner.run_repair(ny, [date(2026, 9, 30)], T0, at(T0)),
+        lambda: runner.verify_range(ny, date(2026, 9, 1), date(2026, 9, 30), T0, at(T0)),
+    ):
+        with pytest.raises(DefinitionMismatch, match="timezone: UTC -> America/New_York"):
+            attempt()
+    cli = usage("rollup", env=env_for(ny, USAGE_TIMEZONE="America/New_York"))
+    assert cli.returncode == 2
+    assert "timezone: UTC -> America/New_York" in one_line(cli.stderr)
+    assert list(utc.usage_daily().find(sort=[("_id", 1)])) == before
+    assert utc.rollup.etl_runs.count_documents({}) == runs_before
+
+    result = runner.run_rebuild(ny, T0, at(T0))
+    assert (result.record["switched_from"], result.record["switched_to"]) == (1, 2)
+    assert conversations(ny) == {"2026-09-30": 2, "2026-10-02": 1}
+    assert monthly(ny, 2) == {"2026-09": 2, "2026-10": 1}
+    assert list(utc.usage_daily(1).find(sort=[("_id", 1)])) == before  # the old generation
+    clean = make_dbs(timezone="America/New_York", source_db=utc.settings.source_db)
+    backfill(clean, "2026-09-01", "2026-10-11")
+    assert list(ny.usage_daily(2).find(sort=[("_id", 1)])) == list(
+        clean.usage_daily(1).find(sort=[("_id", 1)])
+    )
+    found = runner.verify_range(ny, date(2026, 9, 1), date(2026, 10, 11), T0, at(T0))
+    assert (found.drift, found.months, found.uncovered) == ([], [], [])
+    nightly(ny, T0 + timedelta(days=1))  # the new definition is now the stored one
+    assert ledger.read_state(ny.rollup).definition.timezone == "America/New_York"
+
+
+def test_an_interrupted_rebuild_keeps_serving_the_old_generation_and_finishes_when_rerun(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    old = make_dbs()
+    for month in (7, 8, 9):
+        old.source.requests.insert_many(
+            [make_request(createdAt=datetime(2026, month, 10, 9), depth=d) for d in (3, 4)]
+        )
+    backfill(old, "2026-07-01", "2026-09-30")
+    deeper = make_dbs(
+        billable_min_depth=3,
+        source_db=old.settings.source_db,
+        rollup_db=old.settings.rollup_db_name,
+    )
+    service = UsageService(deeper, 0)
+
+    def served_total() -> tuple[int, int]:
+        query = month_query(deeper, "platform", "2026-07-01", "2026-09-30")
+        body = service.report(query)
+        return body["generation"], body["total"]["totals"]["conversations"]
+
+    assert served_total() == (1, 6)
+    batches_done = 0
+
+    def stop_after_one_batch(days: int) -> None:
+        nonlocal batches_done
+        batches_done += 1
+        if batches_done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_rebuild(deeper, T0, at(T0), progress=stop_after_one_batch)
+    assert served_total() == (1, 6)  # the old generation, with its exact numbers
+    state = ledger.read_state(deeper.rollup)
+    assert state is not None and state.pending is not None and state.pending.generation == 2
+    result = runner.run_rebuild(deeper, T0, at(T0))
+    assert result.record["resumed"] is True
+    assert [d.isoformat()[:7] for d in result.days][0] == "2026-09"  # July, August were built
+    assert served_total() == (2, 3)  # depth 4 only
+    assert monthly(deeper, 2) == {"2026-07": 1, "2026-08": 1, "2026-09": 1}
+    found = runner.verify_range(deeper, date(2026, 7, 1), date(2026, 9, 30), T0, at(T0))
+    assert (found.drift, found.months) == ([], [])
+
+
+def test_without_transactions_a_day_left_dirty_is_recomputed_and_the_run_says_so(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    base = make_dbs()
+    plain = connect(base.settings, base.uri, transactions=False)
+    try:
+        day = datetime(2026, 7, 4, 9)
+        plain.source.requests.insert_one(make_request(createdAt=day, updatedAt=day))
+        result = backfill(plain, "2026-07-01", "2026-07-31")
+        record = plain.rollup.etl_runs.find_one({"_id": result.run_id})
+        assert record is not None and record["transactions"] is False
+        assert "transactions" in record["note"]
+        # A writer died between marking the day and writing it: rows wrong, month wrong.
+        ledger.mark_dirty(plain, 1, [date(2026, 7, 4)], "dead-run")
+        plain.usage_daily().update_many({}, {"$set": {"conversations": 40}})
+        plain.usage_monthly().update_many({}, {"$set": {"conversations": 40}})
+        nightly(plain, T0)
+        assert conversations(plain) == {"2026-07-04": 1}
+        assert monthly(plain) == {"2026-07": 1}
+        assert ledger.dirty_days(plain, 1) == []
+    finally:
+        plain.close()
+
+
+def test_the_scheduler_job_learns_the_server_and_uses_transactions(
+    dbs: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env_for(dbs).items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        jobs.nightly_rollup()
+    finally:
+        get_settings.cache_clear()
+    record = runs.last_ok_run(dbs.rollup, "nightly")
+    assert record is not None and record["transactions"] is True
+    assert "note" not in record
+
+
+def test_agent_ids_are_one_agent_whatever_their_letter_case(dbs: Databases) -> None:
+    dbs.source.requests.insert_many(
+        [
+            make_request(attributes={"bot_id": BOT_1}),
+            make_request(attributes={"bot_id": BOT_1.upper()}),
+            make_request(attributes={"bot_id": ObjectId(BOT_1)}),
+        ]
+    )
+    backfill(dbs, "2026-10-14", "2026-10-14")
+    assert [(r["agent_id"], r["conversations"]) for r in dbs.usage_daily().find()] == [(BOT_1, 3)]
+
+
+@pytest.mark.parametrize(
+    ("depth", "counted"),
+    [
+        (3, (1, 3)),
+        (2.5, None),
+        (3.0, (1, 3)),
+        (Decimal128("2.9"), None),
+        (Decimal128("4"), (1, 4)),
+        (7.25, None),
+    ],
+)
+def test_depths_that_are_not_whole_numbers_are_skipped_as_bad_depth(
+    dbs: Databases, depth: object, counted: tuple[int, int] | None
+) -> None:
+    dbs.source.requests.insert_one(make_request(depth=depth))
+    result = backfill(dbs, "2026-10-14", "2026-10-14")
+    stored = [(r["conversations"], r["messages"]) for r in dbs.usage_daily().find()]
+    if counted is None:
+        assert stored == [] and dict(result.stats.skipped) == {"bad_depth": 1}
+    else:
+        assert stored == [counted] and dict(result.stats.skipped) == {}
+
+
+def test_a_response_is_cached_under_what_was_served_when_it_was_computed(dbs: Databases) -> None:
+    dbs.source.requests.insert_one(make_request())
+    backfill(dbs, "2026-10-01", "2026-10-31")
+    service = UsageService(dbs, 0)
+    query = month_query(dbs, "org", "2026-10-01", "2026-10-31")
+    seen = service.served()
+    # A run finishes between reading what is served and computing the response.
+    dbs.source.requests.insert_one(make_request())
+    backfill(dbs, "2026-10-14", "2026-10-14", T0 + timedelta(hours=1))
+    body = service.report_json(query, seen)
+    key = ("k", b"q", date(2026, 11, 1))
+    service.remember(key, seen, body)
+    now_served = service.served()
+    assert now_served.token != seen.token
+    assert service.cached(key, now_served) is None  # never the older token's body
+    fresh = service.report(query, now_served)
+    assert fresh["total"]["totals"]["conversations"] == 2
+    assert fresh["data_from"] == "2026-10-01" and fresh["generation"] == 1
