@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import pytest
 from bson import ObjectId
 from fastapi.testclient import TestClient
 
@@ -450,3 +451,105 @@ def test_drill_a_customer_key_never_reads_another_organization(dbs: Databases) -
 
     masked = Databases(dbs.client, dbs.source, dbs.rollup, password_uri, dbs.settings)
     assert "hunter2-pw" not in str(status_report(masked, dbs.settings, now, 5))
+
+
+def test_drill_rebuild_killed_anywhere_serves_one_generation_and_finishes_when_rerun(
+    dbs: Databases, make_dbs: Callable[..., Databases]
+) -> None:
+    """Proves: a rebuild killed with SIGKILL at seeded random points leaves the API answering
+    the old generation's exact numbers; run again, it finishes and switches; readers polling
+    during the switch see one generation or the other, never a mix; a nightly run started
+    during a rebuild exits 3 without writing; `verify` is clean afterwards."""
+    first, last = load(dbs, utcnow())
+    runner.run_backfill(dbs, first, last, utcnow(), utcnow)
+    scratch = make_dbs(source_db=dbs.settings.source_db, billable_min_depth=4)
+    runner.run_backfill(scratch, first, last, utcnow(), utcnow)
+    expected_new = rows(scratch)
+
+    def served(settings_dbs: Databases) -> tuple[int, int]:
+        from api.auth import Principal
+        from api.usage import UsageService, resolve_query
+
+        query = resolve_query(
+            scope="platform",
+            org_id=None,
+            agent_id=None,
+            start=str(first),
+            end=str(last),
+            granularity="day",
+            include_internal=True,
+            principal=Principal("k", "staff", None),
+            today=last,
+            settings=settings_dbs.settings,
+        )
+        body = UsageService(settings_dbs, 0).report(query)
+        return body["generation"], body["total"]["totals"]["messages"]
+
+    old = served(dbs)
+    new_messages = sum(row["messages"] for row in expected_new)
+    assert old[1] != new_messages
+    env = env_for(dbs, USAGE_BILLABLE_MIN_DEPTH="4", USAGE_LEASE_SECONDS="5")
+    # Time a rebuild of the same source into the scratch rollup: to start, then to finish.
+    started = time.monotonic()
+    timing = env_for(scratch, USAGE_BILLABLE_MIN_DEPTH="5")
+    with subprocess.Popen([*COMMAND, "rebuild"], env=clean_env(timing)) as proc:
+        while scratch.rollup.etl_runs.find_one({"kind": "rebuild"}) is None:
+            assert proc.poll() is None, "the timing rebuild ended before it was seen"
+            time.sleep(0.01)
+        startup = time.monotonic() - started
+        assert proc.wait(timeout=120) == 0
+    work = time.monotonic() - started - startup
+    busy = make_dbs(
+        source_db=dbs.settings.source_db,
+        rollup_db=dbs.settings.rollup_db_name,
+        billable_min_depth=4,
+    )
+    rng = random.Random(20261126)
+    for attempt in range(5):
+        if runs.current_lock(dbs.rollup) is not None:
+            time.sleep(5.2)  # the killed holder's lease expires; the next run takes it over
+        with subprocess.Popen([*COMMAND, "rebuild"], env=clean_env(env)) as proc:
+            if attempt == 0:  # a nightly run during a rebuild: refused, nothing written
+                while dbs.rollup.etl_runs.find_one({"kind": "rebuild"}) is None:
+                    time.sleep(0.005)
+                with pytest.raises(runs.LockBusy, match="another rollup is running"):
+                    runner.run_nightly(busy, utcnow(), utcnow)
+            else:
+                time.sleep(startup + rng.uniform(0.0, 1.0) * work)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        generation, messages = served(dbs)
+        if generation == old[0]:
+            assert messages == old[1]
+        else:  # this one got to the switch: entirely the new generation
+            assert messages == new_messages
+    assert dbs.rollup.etl_runs.count_documents({"kind": "nightly"}) == 0
+    seen: set[tuple[int, int]] = set()
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            seen.add(served(dbs))
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    time.sleep(5.2)
+    try:
+        final = usage("rebuild", env={**env, "USAGE_LOCK_WAIT_SECONDS": "30"})
+    finally:
+        stop.set()
+        reader.join()
+    assert final.returncode == 0, final.stderr
+    state = dbs.rollup.etl_state.find_one()
+    assert state is not None and state["pending"] is None
+    new_generation = state["generation"]
+    assert seen <= {old, (new_generation, new_messages)} | {
+        (g, new_messages) for g in range(old[0] + 1, new_generation)
+    }
+    assert served(dbs) == (new_generation, new_messages)
+    killed = dbs.rollup.etl_runs.count_documents({"kind": "rebuild", "status": runs.ABANDONED})
+    assert killed >= 3  # most kills landed inside a rebuild
+    assert dbs.rollup.etl_runs.count_documents({"status": {"$in": ["running", "failed"]}}) == 0
+    assert list(dbs.usage_daily(new_generation).find(sort=[("_id", 1)])) == expected_new
+    check = usage("verify", "--start", str(first), "--end", str(last), env=env)
+    assert check.returncode == 0, check.stdout
