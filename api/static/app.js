@@ -106,6 +106,7 @@ function subtitle(report) {
 function freshness(report) {
   if (!report.data_through) return "No completed rollup yet.";
   let text = "Data through " + longDate(report.data_through);
+  if (report.data_from) text = "Data from " + longDate(report.data_from) + " through " + longDate(report.data_through);
   if (report.last_run_finished_at) {
     text += " · last run finished " + new Date(report.last_run_finished_at).toLocaleString("en-US");
   }
@@ -116,8 +117,14 @@ function isStale(bucket, report) {
   return report.data_through !== null && bucket.end > report.data_through;
 }
 
+// Buckets that end before the first computed day were never counted: no data, not zero.
+function isBeforeData(bucket, report) {
+  return Boolean(report.data_from) && bucket.end < report.data_from;
+}
+
 function bucketClass(bucket, report) {
   const classes = [];
+  if (isBeforeData(bucket, report)) classes.push("nodata");
   if (bucket.partial) classes.push("partial");
   if (!report.data_through || isStale(bucket, report)) classes.push("stale");
   return classes.join(" ");
@@ -134,7 +141,9 @@ function cell(tag, text, className) {
 
 function rowCells(tr, row, report) {
   row.buckets.forEach((b, i) => {
-    tr.appendChild(cell("td", fmt(b[state.metric]), bucketClass(report.buckets[i], report)));
+    const bucket = report.buckets[i];
+    const text = isBeforeData(bucket, report) ? "no data" : fmt(b[state.metric]);
+    tr.appendChild(cell("td", text, bucketClass(bucket, report)));
   });
   tr.appendChild(cell("td", fmt(row.totals[state.metric]), "total"));
 }
