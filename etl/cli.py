@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -454,6 +455,7 @@ def keys_revoke(
 
 def main() -> None:
     """Entry point: usage errors print one line and exit 2, never a traceback."""
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         code = app(standalone_mode=False)
     except typer.Exit as exc:

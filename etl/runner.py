@@ -204,7 +204,8 @@ def _locked_run(
                 run_id,
                 {"status": runs.FAILED, "finished_at": clock(), "error": describe(exc, dbs.uri)},
             )
-            log.error(
+            # The record holds the error; the caller reports it (the CLI in one line).
+            log.info(
                 "run failed",
                 extra={"run_id": str(run_id), "kind": kind, "error": describe(exc, dbs.uri)},
             )
