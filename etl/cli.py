@@ -160,14 +160,16 @@ def backfill(
 def rebuild(
     ctx: typer.Context,
     start: Annotated[
-        str | None, typer.Option(help="First day (default: every computed day).")
+        str | None,
+        typer.Option(help="Also build first..last (every computed day is always rebuilt)."),
     ] = None,
     end: Annotated[str | None, typer.Option(help="Last day, inclusive.")] = None,
 ) -> None:
     """Rebuild the rollup under the current settings into a new generation, then switch.
 
-    The API serves the current generation until the switch; an interrupted rebuild goes on
-    where it stopped when run again.
+    Every computed day is rebuilt; --start/--end add a range to them. The API serves the
+    current generation until the switch; an interrupted rebuild goes on where it stopped
+    when run again.
 
     Example: usage rebuild --start 2026-05-01 --end 2026-10-31
     """
@@ -176,10 +178,9 @@ def rebuild(
     first, last = parse_range(start, end) if start and end else (None, None)
     settings = settings_of(ctx)
     with databases(settings) as dbs:
-        days = (last - first).days + 1 if first and last else 0
-        if not days:
-            state = ledger.read_state(dbs.rollup)
-            days = ledger.coverage(dbs, state.generation).days if state else 0
+        state = ledger.read_state(dbs.rollup)
+        generation = state.generation if state else 1
+        days = len(runner.rebuild_days(dbs, generation, first, last))
         with progress_bar(days, "rebuild") as advance:
             result = runner.run_rebuild(
                 dbs, dbs.server_time(), dbs.server_time, first, last, advance

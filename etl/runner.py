@@ -365,6 +365,16 @@ def drop_generation(dbs: Databases, generation: int) -> None:
     dbs.usage_days(generation).drop()
 
 
+def rebuild_days(
+    dbs: Databases, generation: int, first: date | None, last: date | None
+) -> list[date]:
+    """Every computed day of `generation`, and first..last when given."""
+    days = set(ledger.covered_days(dbs, generation))
+    if first is not None and last is not None:
+        days.update(day_range(first, last))
+    return sorted(days)
+
+
 def run_rebuild(
     dbs: Databases,
     now: datetime,
@@ -373,7 +383,7 @@ def run_rebuild(
     last: date | None = None,
     progress: Progress | None = None,
 ) -> RunResult:
-    """Build every covered day (or first..last) under the current settings into a new
+    """Build every covered day (and first..last) under the current settings into a new
     generation while the current one is served, then switch to it in one write.
 
     Run again after an interruption, it goes on with the days not yet built.
@@ -395,10 +405,9 @@ def run_rebuild(
         assert pending is not None
         for generation in generations_present(dbs) - {state.generation, pending.generation}:
             drop_generation(dbs, generation)
-        if first is not None and last is not None:
-            wanted_days = day_range(first, last)
-        else:
-            wanted_days = ledger.covered_days(dbs, state.generation)
+        # The new generation replaces the served one whole: every computed day is rebuilt,
+        # and a range only adds to them, never drops what is served.
+        wanted_days = rebuild_days(dbs, state.generation, first, last)
         if not wanted_days:
             raise NothingToRebuild(
                 "no day has been computed yet: give --start and --end, or run `usage backfill`"
