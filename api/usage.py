@@ -282,7 +282,7 @@ def read_served(dbs: Databases) -> Served:
         generation=generation,
         definition=state.definition if state else None,
         data_from=ledger.first_day(dbs, generation),
-        data_through=ledger.data_through(dbs, generation),
+        data_through=ledger.data_through(dbs, state),
         finished_at=latest.get("finished_at") if latest else None,
     )
 

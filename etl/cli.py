@@ -246,7 +246,7 @@ def status_report(dbs: Databases, settings: Settings, now: datetime, limit: int)
 
     state = ledger.read_state(dbs.rollup)
     generation = state.generation if state else 1
-    through = ledger.data_through(dbs, generation)
+    through = ledger.data_through(dbs, state)
     today = rollup.local_today(now, settings)
     lock = runs.current_lock(dbs.rollup)
     lock_text = None

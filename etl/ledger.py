@@ -41,6 +41,9 @@ class State:
     # Moves with every committed write to the served generation; keys caches of reads.
     version: int
     pending: Pending | None
+    # The last day the generation is complete for, as its last nightly run (or the rebuild
+    # that made it) said.
+    complete_through: date | None = None
 
     @property
     def token(self) -> str:
@@ -71,6 +74,7 @@ def read_state(db: Database[Doc]) -> State | None:
         scan_from=doc.get("scan_from"),
         version=int(doc.get("version", 0)),
         pending=pending,
+        complete_through=_day(doc.get("complete_through")),
     )
 
 
@@ -131,12 +135,21 @@ def require(dbs: Databases, wanted: Definition) -> State:
     return state
 
 
-def served(db: Database[Doc]) -> State | None:
-    return read_state(db)
+def start_scan(db: Database[Doc], generation: int, when: datetime) -> None:
+    """A generation's first source read is where the nightly change scan starts."""
+    db[STATE].update_one(
+        {"_id": STATE_ID, "generation": generation, "scan_from": None},
+        {"$set": {"scan_from": when}},
+    )
 
 
-def set_scan_from(db: Database[Doc], generation: int, when: datetime) -> None:
-    db[STATE].update_one({"_id": STATE_ID, "generation": generation}, {"$set": {"scan_from": when}})
+def nightly_done(db: Database[Doc], generation: int, scan_start: datetime, through: date) -> None:
+    """The next nightly run scans changes from this one's start; the data is complete
+    through `through`."""
+    db[STATE].update_one(
+        {"_id": STATE_ID, "generation": generation},
+        {"$set": {"scan_from": scan_start, "complete_through": through.isoformat()}},
+    )
 
 
 def bump(db: Database[Doc], generation: int, session: ClientSession | None) -> None:
@@ -165,7 +178,7 @@ def note_pending_read(db: Database[Doc], generation: int, when: datetime) -> Non
     )
 
 
-def switch(db: Database[Doc], pending: Pending) -> None:
+def switch(db: Database[Doc], pending: Pending, complete_through: date | None) -> None:
     """Serve the pending generation: one write, so a reader sees the old or the new."""
     db[STATE].update_one(
         {"_id": STATE_ID, "pending.generation": pending.generation},
@@ -174,6 +187,7 @@ def switch(db: Database[Doc], pending: Pending) -> None:
                 "generation": pending.generation,
                 "definition": pending.definition.as_doc(),
                 "scan_from": pending.scan_from,
+                "complete_through": complete_through.isoformat() if complete_through else None,
                 "pending": None,
             },
             "$inc": {"version": 1},
@@ -201,6 +215,13 @@ def stamp_days(
         ],
         ordered=False,
         session=session,
+    )
+
+
+def clear_dirty(dbs: Databases, generation: int, days: list[date]) -> None:
+    dbs.usage_days(generation).update_many(
+        {"_id": {"$in": [day.isoformat() for day in days]}},
+        {"$set": {"dirty": False}, "$unset": {"dirty_run_id": ""}},
     )
 
 
@@ -288,10 +309,13 @@ def last_day(dbs: Databases, generation: int) -> date | None:
     return date.fromisoformat(doc["_id"]) if doc else None
 
 
-def data_through(dbs: Databases, generation: int) -> date | None:
-    """The last day the served rollup is complete for: the newest ok nightly run's, but
-    never past the generation's last computed day."""
-    through = runs.data_through(dbs.rollup)
+def data_through(dbs: Databases, state: State | None) -> date | None:
+    """The last day the served generation is complete for, never past its last computed
+    day. (A rollup from before generations kept it only in its nightly run records.)"""
+    generation = state.generation if state else 1
+    through = state.complete_through if state else None
+    if through is None:
+        through = runs.data_through(dbs.rollup)
     last = last_day(dbs, generation)
     if through is None or last is None:
         return through

@@ -18,8 +18,6 @@ from etl.settings import Settings
 # A batch (one aggregation, one write transaction) never crosses a calendar month, so each
 # batch re-derives one month's totals; a month of rows stays far below transaction limits.
 BATCH_DAYS = 31
-# updatedAt is set by application servers whose clocks may run behind this one.
-CLOCK_SKEW = timedelta(minutes=10)
 MEASURES = ("conversations", "messages", "handoffs")
 TRANSACTION_ATTEMPTS = 3
 T = TypeVar("T")

@@ -236,7 +236,17 @@ def rederive_months(
         if target.served:
             ledger.bump(dbs.rollup, target.generation, session)
 
+    # Without a transaction, a day of each month is marked dirty first: a write cut short
+    # between deleting and inserting a month's totals is redone by the next run.
+    marked: list[date] = []
+    if session is None:
+        covered = ledger.covered_days(dbs, target.generation)
+        for month in months:
+            days = [day for day in covered if day.isoformat()[:7] == month]
+            marked += days[:1]
+    ledger.mark_dirty(dbs, target.generation, marked, target.run_id)
     rollup.in_transaction(session, write)
+    ledger.clear_dirty(dbs, target.generation, marked)
 
 
 def served_target(ctx: RunContext, kind: str) -> Target:
@@ -244,16 +254,7 @@ def served_target(ctx: RunContext, kind: str) -> Target:
 
 
 def first_read_starts_scan(dbs: Databases, state: ledger.State) -> Callable[[datetime], None]:
-    """A generation's first source read is where the nightly change scan starts."""
-
-    def on_read(read_started: datetime) -> None:
-        if state.scan_from is None:
-            dbs.rollup[ledger.STATE].update_one(
-                {"_id": ledger.STATE_ID, "generation": state.generation, "scan_from": None},
-                {"$set": {"scan_from": read_started}},
-            )
-
-    return on_read
+    return lambda read_started: ledger.start_scan(dbs.rollup, state.generation, read_started)
 
 
 def run_nightly(
@@ -278,7 +279,7 @@ def run_nightly(
         p = plan_nightly(today, dbs.settings.lookback_days, last_today, changes, computed, dirty)
 
         def finish() -> Doc:
-            ledger.set_scan_from(dbs.rollup, generation, scan_start)
+            ledger.nightly_done(dbs.rollup, generation, scan_start, p.today - timedelta(days=1))
             return {}
 
         return Work(
@@ -422,7 +423,11 @@ def run_rebuild(
         def finish() -> Doc:
             latest = ledger.read_state(dbs.rollup)
             assert latest is not None and latest.pending is not None
-            ledger.switch(dbs.rollup, latest.pending)
+            through = ledger.data_through(dbs, latest)
+            built_last = ledger.last_day(dbs, number)
+            if through is not None and built_last is not None:
+                through = min(through, built_last)
+            ledger.switch(dbs.rollup, latest.pending, through)
             return {"switched_from": state.generation, "switched_to": number}
 
         return Work(
