@@ -10,6 +10,7 @@ import pytest
 from etl import runs
 from etl.cli import app
 from etl.db import Databases
+from etl.jobs import utcnow
 from tests.commands import env_for, one_line, usage
 from tests.factories import make_request
 
@@ -52,7 +53,7 @@ def test_an_unreachable_database_fails_fast_with_one_line(dead_uri: str) -> None
 
 
 def test_rollup_then_status_reports_the_run(dbs: Databases) -> None:
-    dbs.source.requests.insert_one(make_request(createdAt=datetime.utcnow()))
+    dbs.source.requests.insert_one(make_request(createdAt=utcnow()))
     result = usage("rollup", env=env_for(dbs))
     assert result.returncode == 0, result.stderr
     assert "1 conversations" in result.stdout
@@ -65,7 +66,7 @@ def test_rollup_then_status_reports_the_run(dbs: Databases) -> None:
 
 
 def test_a_busy_lock_exits_3_naming_the_holder(dbs: Databases) -> None:
-    runs.Lease(dbs.rollup, "night-host:42:abcd", 600).acquire(datetime.utcnow())
+    runs.Lease(dbs.rollup, "night-host:42:abcd", 600).acquire(utcnow())
     result = usage("rollup", env=env_for(dbs))
     assert result.returncode == 3
     assert "night-host:42:abcd" in one_line(result.stderr)
