@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from etl import rollup, runs, verify
+from etl import dates, rollup, runs, verify
 from etl.db import Databases, DatabaseUnavailable, mask_uri, open_databases, plain_error
 from etl.jobs import utcnow
 from etl.settings import Settings, SettingsError, load_settings
@@ -69,11 +69,9 @@ def databases(settings: Settings) -> Iterator[Databases]:
 
 def parse_day(value: str, option: str) -> date:
     try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not a date of the form YYYY-MM-DD", param_hint=option
-        ) from None
+        return dates.parse_day(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 def parse_range(start: str, end: str) -> tuple[date, date]:

@@ -194,6 +194,12 @@ def test_keys_are_stored_only_as_hashes(api: Api) -> None:
         ({"scope": "galaxy"}, "scope"),
         ({"granularity": "hour"}, "granularity"),
         ({"include_internal": "perhaps"}, "include_internal"),
+        ({"start": "20261001"}, "start"),
+        ({"end": "2026-W40-1"}, "end"),
+        ({"start": "9999-12-31"}, "start"),
+        ({"end": "0001-01-05"}, "end"),
+        ({"start": "9998-12-20", "end": "9999-01-03", "granularity": "week"}, "end"),
+        ({"scope": "org", "org_id": A, "end": "0001-12-31"}, "end"),
     ],
 )
 def test_bad_parameters_get_422_naming_the_parameter(
@@ -204,6 +210,23 @@ def test_bad_parameters_get_422_naming_the_parameter(
     body = response.json()
     assert body["parameter"] == parameter
     assert body["detail"].startswith(f"{parameter}: ")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"start": "9998-12-31"},  # the default length runs past the last supported day
+        {"scope": "org", "org_id": A, "end": "0002-01-05"},
+        {"start": "9998-12-01", "end": "9998-12-31", "granularity": "week"},
+        {"start": "0002-01-01", "end": "0002-02-15", "granularity": "month"},
+    ],
+)
+def test_ranges_at_the_ends_of_the_supported_dates_are_answered(
+    api: Api, params: dict[str, str]
+) -> None:
+    body = api.usage(**params)
+    assert body["buckets"][0]["start"] == body["start"]
+    assert body["buckets"][-1]["end"] == body["end"]
 
 
 def test_csv_is_the_same_query_as_an_attachment(api: Api) -> None:

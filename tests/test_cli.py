@@ -24,6 +24,9 @@ from tests.factories import make_request
         (["rollup", "--frobnicate"], "--frobnicate"),
         (["verify", "--start", "yesterday", "--end", "2026-10-01"], "YYYY-MM-DD"),
         (["keys", "create", "--name", "x", "--org", "nope"], "ObjectId"),
+        (["backfill", "--start", "20261001", "--end", "2026-10-02"], "YYYY-MM-DD"),
+        (["verify", "--start", "2026-W40-1", "--end", "2026-10-02"], "YYYY-MM-DD"),
+        (["backfill", "--start", "9999-12-31", "--end", "9999-12-31"], "supported dates"),
     ],
 )
 def test_bad_input_prints_one_line_and_exits_2(args: list[str], needle: str) -> None:
@@ -31,6 +34,18 @@ def test_bad_input_prints_one_line_and_exits_2(args: list[str], needle: str) -> 
     assert result.returncode == 2
     assert needle in one_line(result.stderr)
     assert "Traceback" not in result.stderr
+
+
+def test_days_at_the_calendar_ends_exit_2_without_recording_a_run(dbs: Databases) -> None:
+    env = env_for(dbs, USAGE_TIMEZONE="Pacific/Kiritimati")
+    for first, last in [("0001-01-01", "0001-01-05"), ("9998-12-31", "9999-12-31")]:
+        result = usage("backfill", "--start", first, "--end", last, env=env)
+        assert result.returncode == 2
+        assert "outside the supported dates" in one_line(result.stderr)
+    assert dbs.rollup.etl_runs.count_documents({}) == 0
+    for day in ["0002-01-01", "9998-12-31"]:
+        result = usage("backfill", "--start", day, "--end", day, env=env)
+        assert result.returncode == 0, result.stderr
 
 
 def test_an_invalid_setting_is_named_at_start_up() -> None:
