@@ -185,13 +185,22 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """Text a spreadsheet shows as text: a leading quote keeps it from reading a formula."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def csv_text(report: dict[str, Any], metric: str) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["id", "name", *[b["label"] for b in report["buckets"]], "total"])
     for row in [*report["rows"], report["total"]]:
         cells = [cell[metric] for cell in row["buckets"]]
-        writer.writerow([row["id"] or "", row["name"], *cells, row["totals"][metric]])
+        names = [csv_cell(row["id"] or ""), csv_cell(row["name"])]
+        writer.writerow([*names, *cells, row["totals"][metric]])
     return buffer.getvalue()
 
 

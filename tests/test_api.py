@@ -1,5 +1,7 @@
 """The usage API through the TestClient, on rows written straight into `usage_daily`."""
 
+import csv
+import io
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -9,7 +11,7 @@ from bson import ObjectId
 from fastapi.testclient import TestClient
 
 from api import auth
-from api.app import create_app
+from api.app import create_app, csv_cell
 from etl.db import Databases
 from tests.factories import BOT_1, BOT_2, make_row, monthly_rows
 
@@ -243,6 +245,51 @@ def test_csv_is_the_same_query_as_an_attachment(api: Api) -> None:
         f"{B},Northwind,50,0,50",
         ",Total,50,44,94",
     ]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_quoted(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    names = ['=HYPERLINK("http://x")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)"]
+    orgs = [str(ObjectId()) for _ in names]
+    dbs = make_dbs()
+    rows = [make_row(org, BOT_1, "2026-10-05", n + 1) for n, org in enumerate(orgs)]
+    dbs.usage_daily().insert_many(rows)
+    dbs.usage_monthly().insert_many(monthly_rows(rows))
+    dbs.source.organizations.insert_many(
+        [{"_id": ObjectId(org), "name": name} for org, name in zip(orgs, names, strict=True)]
+    )
+    key = auth.create_key(dbs.rollup, "staff", None, NOW)[1]
+    with TestClient(create_app(dbs, clock=lambda: NOW)) as client:
+        response = client.get(
+            "/api/aggregations/usage.csv",
+            params={"start": "2026-10-01", "end": "2026-10-31", "granularity": "month"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    assert response.status_code == 200
+    lines = list(csv.reader(io.StringIO(response.text, newline="")))
+    by_id = {line[0]: line[1:] for line in lines[1:]}
+    for n, (org, name) in enumerate(zip(orgs, names, strict=True)):
+        assert by_id[org] == ["'" + name, str(n + 1), str(n + 1)]
+    assert by_id[""] == ["Total", "10", "10"]
+
+
+@pytest.mark.parametrize(
+    ("text", "cell"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+1", "'+1"),
+        ("-1", "'-1"),
+        ("@A1", "'@A1"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("Northwind", "Northwind"),
+        ("a=b", "a=b"),
+        ("", ""),
+    ],
+)
+def test_a_csv_text_cell_never_starts_a_formula(text: str, cell: str) -> None:
+    assert csv_cell(text) == cell
 
 
 def test_a_new_run_invalidates_cached_responses(api: Api) -> None:
