@@ -14,6 +14,7 @@ from pymongo.errors import PyMongoError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from etl import dates, rollup, runs, verify
 from etl.db import Databases, DatabaseUnavailable, mask_uri, open_databases, plain_error
@@ -29,8 +30,9 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+# Data (key names, errors, organization names) is printed as text, never read as markup.
+out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 EXIT_USAGE = 2
 EXIT_BUSY = 3
@@ -174,7 +176,7 @@ def status(
     )
     table = Table("started (UTC)", "kind", "status", "range", "days", "rows", "skipped", "error")
     for run in report["runs"]:
-        table.add_row(
+        cells = [
             str(run.get("started_at", ""))[:19],
             run.get("kind", ""),
             run.get("status", ""),
@@ -183,7 +185,8 @@ def status(
             str(run.get("rows_written", "")),
             str(sum((run.get("skipped") or {}).values())),
             (run.get("error") or "")[:60],
-        )
+        ]
+        table.add_row(*map(Text, cells))
     out.print(table)
 
 
@@ -344,13 +347,14 @@ def keys_list(ctx: typer.Context) -> None:
         keys = auth.list_keys(dbs.rollup)
     table = Table("key id", "name", "scope", "created (UTC)", "revoked")
     for key in keys:
-        table.add_row(
+        cells = [
             key["key_id"],
             key["name"],
             f"org {key['org_id']}" if key["org_id"] else "staff",
             f"{key['created_at']:%Y-%m-%d %H:%M}",
             f"{key['revoked_at']:%Y-%m-%d %H:%M}" if key.get("revoked_at") else "",
-        )
+        ]
+        table.add_row(*map(Text, cells))
     out.print(table)
 
 
@@ -367,7 +371,7 @@ def keys_revoke(
     with databases(settings_of(ctx)) as dbs:
         if not auth.revoke_key(dbs.rollup, key_id, utcnow()):
             fail(f"no active key with id {key_id!r}")
-    out.print(f"revoked {key_id}")
+    out.print(f"revoked {key_id}", markup=False)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from etl import indexes, rollup, sample
 from etl.db import Databases
@@ -26,7 +27,10 @@ def run(
     spec = replace(sample.SampleSpec(), days=(today - first).days)
     made = sample.make_sample(spec)
     if dbs.source.requests.estimated_document_count() == 0:
-        out.print(f"loading sample data ({spec.days} days up to now) into {dbs.settings.source_db}")
+        out.print(
+            f"loading sample data ({spec.days} days up to now) into {dbs.settings.source_db}",
+            markup=False,
+        )
         count = sample.load_sample(dbs, spec, now)
         out.print(f"loaded {count} conversations")
     if not dbs.settings.internal_org_ids:
@@ -90,5 +94,6 @@ def print_table(dbs: Databases, out: Console, today: date) -> None:
     table.add_column("total", justify="right")
     for row in [*report["rows"], report["total"]]:
         cells = [str(cell["conversations"]) for cell in row["buckets"]]
-        table.add_row(row["name"], *cells, str(row["totals"]["conversations"]))
+        # An organization's name is data: `[bold]` in it is shown, not applied.
+        table.add_row(Text(row["name"]), *cells, str(row["totals"]["conversations"]))
     out.print(table)

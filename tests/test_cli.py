@@ -164,3 +164,20 @@ def test_a_busy_embedded_database_is_named_in_one_line(tmp_path: Path) -> None:
         result = usage("status", env={"USAGE_DATA_DIR": str(tmp_path)})
     assert result.returncode == 1
     assert "USAGE_MONGODB_URI" in one_line(result.stderr)
+
+
+def test_key_names_and_run_errors_are_printed_as_text_not_markup(dbs: Databases) -> None:
+    env = env_for(dbs)
+    names = ["[/oops] ops team", "[bold red]alert[/bold red]", "ops :thumbs_up: team"]
+    for name in names:
+        assert usage("keys", "create", "--staff", "--name", name, env=env).returncode == 0
+    listed = usage("keys", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    for name in names:
+        assert name in listed.stdout
+    dbs.rollup.etl_runs.insert_one(
+        {"kind": "nightly", "status": "failed", "started_at": utcnow(), "error": "[/x] [red]boom"}
+    )
+    status = usage("status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "[/x] [red]boom" in status.stdout
