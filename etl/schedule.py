@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
+
+from etl.settings import known_zones
 
 
 class JobsFileError(Exception):
@@ -48,10 +50,10 @@ def parse_jobs(text: str) -> list[JobSpec]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise JobsFileError(f"jobs.toml is not valid TOML: {exc}") from None
-    try:
-        zone = ZoneInfo(str(data.get("timezone", "UTC")))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise JobsFileError(f"jobs.toml: unknown timezone {data.get('timezone')!r}") from None
+    zone_name = data.get("timezone", "UTC")
+    if not isinstance(zone_name, str) or zone_name not in known_zones():
+        raise JobsFileError(f"jobs.toml: unknown timezone {zone_name!r}")
+    zone = ZoneInfo(zone_name)
     jobs = data.get("jobs")
     if not isinstance(jobs, dict) or not jobs:
         raise JobsFileError("jobs.toml defines no [jobs.NAME] table")

@@ -52,6 +52,9 @@ def test_an_invalid_setting_is_named_at_start_up() -> None:
     result = usage("status", env={"USAGE_TIMEZONE": "Mars/Olympus"})
     assert result.returncode == 2
     assert "USAGE_TIMEZONE" in one_line(result.stderr)
+    result = usage("status", env={"USAGE_TIMEZONE": "posixrules"})
+    assert result.returncode == 2
+    assert "USAGE_TIMEZONE" in one_line(result.stderr)
     result = usage("status", env={"USAGE_INTERNAL_ORG_IDS": '["xyz"]'})
     assert "USAGE_INTERNAL_ORG_IDS" in one_line(result.stderr)
 

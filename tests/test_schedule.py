@@ -45,6 +45,8 @@ def test_cron_fields_and_timezone_are_applied() -> None:
         (GOOD.replace("15 2 * * *", "61 2 * * *"), "cron '61 2 * * *'"),
         (GOOD.replace("15 2 * * *", "15 2 * *"), "cron '15 2 * *'"),
         (GOOD.replace("Europe/Rome", "Mars/Base"), "unknown timezone"),
+        (GOOD.replace("Europe/Rome", "posixrules"), "unknown timezone"),
+        (GOOD.replace('"Europe/Rome"', '["UTC"]'), "unknown timezone"),
         (GOOD + "max_instnces = 2\n", "unknown field 'max_instnces'"),
         (GOOD + "coalesce = 1\n", "coalesce must be true or false"),
         ('timezone = "UTC"\n', "no [jobs.NAME]"),
@@ -108,6 +110,11 @@ def test_internal_org_ids_take_json_or_commas(
     ("env", "named"),
     [
         ({"USAGE_TIMEZONE": "Nowhere/City"}, "USAGE_TIMEZONE"),
+        ({"USAGE_TIMEZONE": "posixrules"}, "USAGE_TIMEZONE"),
+        ({"USAGE_TIMEZONE": "right/UTC"}, "USAGE_TIMEZONE"),
+        ({"USAGE_TIMEZONE": "posix/Europe/Rome"}, "USAGE_TIMEZONE"),
+        ({"USAGE_TIMEZONE": "localtime"}, "USAGE_TIMEZONE"),
+        ({"USAGE_TIMEZONE": "../zoneinfo/UTC"}, "USAGE_TIMEZONE"),
         ({"USAGE_LOOKBACK_DAYS": "-1"}, "USAGE_LOOKBACK_DAYS"),
         ({"USAGE_WEEK_START": "someday"}, "USAGE_WEEK_START"),
         ({"USAGE_READ_PREFERENCE": "nearestish"}, "USAGE_READ_PREFERENCE"),
@@ -120,3 +127,11 @@ def test_an_invalid_setting_names_itself(
         monkeypatch.setenv(key, value)
     with pytest.raises(SettingsError, match=f"^invalid setting {named}: "):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Europe/Rome", "America/Argentina/Buenos_Aires", "Etc/GMT+12"]
+)
+def test_iana_zones_are_accepted(monkeypatch: pytest.MonkeyPatch, zone: str) -> None:
+    monkeypatch.setenv("USAGE_TIMEZONE", zone)
+    assert load_settings().zone.key == zone
