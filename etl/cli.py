@@ -36,6 +36,7 @@ err = Console(stderr=True, highlight=False, emoji=False)
 
 EXIT_USAGE = 2
 EXIT_BUSY = 3
+EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -378,14 +379,16 @@ def main() -> None:
     """Entry point: usage errors print one line and exit 2, never a traceback."""
     try:
         code = app(standalone_mode=False)
+        if code == EXIT_INTERRUPTED:  # Typer answers Ctrl-C by returning 130, not raising
+            raise KeyboardInterrupt
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.Abort:
         err.print("aborted")
-        code = 130
+        code = EXIT_INTERRUPTED
     except KeyboardInterrupt:
         err.print("interrupted; run the same command again to finish")
-        code = 130
+        code = EXIT_INTERRUPTED
     except typer.TyperException as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         err.print(f"error: {message}", markup=False, soft_wrap=True)

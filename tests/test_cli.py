@@ -1,6 +1,9 @@
 """The `usage` command line, run as a user runs it: a subprocess with USAGE_* settings."""
 
 import json
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +14,7 @@ from etl import runs
 from etl.cli import app
 from etl.db import Databases
 from etl.jobs import utcnow
-from tests.commands import env_for, one_line, usage
+from tests.commands import COMMAND, clean_env, env_for, one_line, usage
 from tests.factories import make_request
 
 
@@ -184,3 +187,26 @@ def test_key_names_and_run_errors_are_printed_as_text_not_markup(dbs: Databases)
     status = usage("status", env=env)
     assert status.returncode == 0, status.stderr
     assert "[/x] [red]boom" in status.stdout
+
+
+def test_ctrl_c_during_a_backfill_says_how_to_finish(dbs: Databases) -> None:
+    args = ["backfill", "--start", "1950-01-01", "--end", "2026-10-31"]
+    with subprocess.Popen(
+        [*COMMAND, *args],
+        env=clean_env(env_for(dbs)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        deadline = time.monotonic() + 60
+        # Planned and recomputing: the run record has its range.
+        while not dbs.rollup.etl_runs.find_one({"status": "running", "range": {"$ne": None}}):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert one_line(stderr) == "interrupted; run the same command again to finish"
+    run = dbs.rollup.etl_runs.find_one()
+    assert (run["status"], run["error"]) == ("failed", "interrupted")
