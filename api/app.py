@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 
 from api import auth
 from api.buckets import GranularityChoice, Scope
+from api.edge import Edge
 from api.fastpath import FastPath
 from api.usage import Forbidden, ParamError, UsageQuery, UsageService, resolve_query
 from etl import rollup, runs
@@ -230,6 +231,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
     app.add_middleware(
         FastPath, service=app.state.service, principal_of=app.state.keys.cached, today=today
     )
+    app.add_middleware(Edge)  # added last: outermost, so fast answers get its headers too
 
     @app.exception_handler(ParamError)
     def param_error(request: Request, exc: ParamError) -> JSONResponse:

@@ -315,6 +315,47 @@ def test_health_reports_the_database_and_the_last_run(api: Api) -> None:
     }
 
 
+@pytest.mark.parametrize("path", ["/", "/api/health", "/docs", "/api/aggregations/usage"])
+def test_head_answers_as_get_does_without_a_body(api: Api, path: str) -> None:
+    headers = {"Authorization": f"Bearer {api.staff}"}
+    got = api.client.get(path, headers=headers)
+    head = api.client.head(path, headers=headers)
+    assert (head.status_code, got.status_code) == (200, 200)
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-length"] == got.headers["content-length"]
+
+
+def test_the_page_cannot_be_framed_or_sniffed(api: Api) -> None:
+    page = api.client.get("/")
+    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert page.headers["x-frame-options"] == "DENY"
+    for response in [page, api.client.get("/static/app.js"), api.client.get("/docs")]:
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert "cache-control" not in page.headers
+
+
+def test_api_answers_are_never_stored_by_a_cache(make_dbs: Callable[..., Databases]) -> None:
+    dbs = make_dbs(cache_check_seconds=60)
+    dbs.usage_daily().insert_many([dict(row) for row in ROWS])
+    dbs.usage_monthly().insert_many(monthly_rows(ROWS))
+    add_run(dbs, "2026-11-24", datetime(2026, 11, 25, 2, 30))
+    staff = {"Authorization": f"Bearer {auth.create_key(dbs.rollup, 's', None, NOW)[1]}"}
+    path = "/api/aggregations/usage?start=2026-09-01&end=2026-10-31"
+    with TestClient(create_app(dbs, clock=lambda: NOW)) as client:
+        answers = [
+            client.get(path, headers=staff),
+            client.get(path, headers=staff),  # the same call again: answered from memory
+            client.get(path.replace("usage?", "usage.csv?"), headers=staff),
+            client.get(path),
+            client.get(path + "&granularity=hour", headers=staff),
+        ]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 401, 422]
+    for answer in answers:
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+
+
 def test_an_unreachable_database_gets_503_not_500(
     make_dbs: Callable[..., Databases], dead_uri: str
 ) -> None:
