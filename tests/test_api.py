@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -354,6 +355,16 @@ def test_api_answers_are_never_stored_by_a_cache(make_dbs: Callable[..., Databas
     for answer in answers:
         assert answer.headers["cache-control"] == "no-store"
         assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_api_docs_load_nothing_from_elsewhere(api: Api) -> None:
+    page = api.client.get("/docs").text
+    assets = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", page)
+    assert len(assets) >= 3
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        assert api.client.get(asset).status_code == 200, asset
+    assert "swagger-ui-bundle.js" in page
 
 
 def test_an_unreachable_database_gets_503_not_500(
