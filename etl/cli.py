@@ -327,12 +327,24 @@ def keys_create(
     """
     from api import auth
 
+    if not name.strip():
+        raise typer.BadParameter("say who or what the key is for", param_hint="--name")
     if staff == (org is not None):
         raise typer.BadParameter("give exactly one of --staff or --org ORG_ID", param_hint="--org")
     if org is not None and not auth.is_object_id(org):
         raise typer.BadParameter(f"{org!r} is not an ObjectId hex string", param_hint="--org")
-    with databases(settings_of(ctx)) as dbs:
-        key_id, secret = auth.create_key(dbs.rollup, name, org.lower() if org else None, utcnow())
+    settings = settings_of(ctx)
+    org_id = org.lower() if org else None
+    with databases(settings) as dbs:
+        collection = settings.org_names_collection
+        if org_id is not None and not auth.org_exists(dbs.source, collection, org_id):
+            err.print(
+                f"warning: no organization {org_id} in {settings.source_db}.{collection}; "
+                "creating the key anyway",
+                markup=False,
+                soft_wrap=True,
+            )
+        key_id, secret = auth.create_key(dbs.rollup, name.strip(), org_id, utcnow())
     out.print(f"key id {key_id}; the key (shown once): {secret}", markup=False)
 
 

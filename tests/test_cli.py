@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from bson import ObjectId
 
 from etl import runs
 from etl.cli import app
@@ -210,3 +211,27 @@ def test_ctrl_c_during_a_backfill_says_how_to_finish(dbs: Databases) -> None:
     assert one_line(stderr) == "interrupted; run the same command again to finish"
     run = dbs.rollup.etl_runs.find_one()
     assert (run["status"], run["error"]) == ("failed", "interrupted")
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_a_key_needs_a_name(dbs: Databases, name: str) -> None:
+    result = usage("keys", "create", "--staff", "--name", name, env=env_for(dbs))
+    assert result.returncode == 2
+    assert "--name" in one_line(result.stderr)
+    assert dbs.rollup.api_keys.count_documents({}) == 0
+
+
+def test_a_key_for_an_organization_missing_from_the_source_is_made_with_a_warning(
+    dbs: Databases,
+) -> None:
+    known, unknown = "65e18830a0616000137bb854", "65e18830a0616000137bb8ff"
+    dbs.source.organizations.insert_one({"_id": ObjectId(known), "name": "GIC"})
+    env = env_for(dbs)
+    made = usage("keys", "create", "--org", unknown, "--name", "typo", env=env)
+    assert made.returncode == 0
+    assert "usk_" in made.stdout
+    warning = one_line(made.stderr)
+    assert warning.startswith("warning: ") and unknown in warning
+    quiet = usage("keys", "create", "--org", known.upper(), "--name", "GIC", env=env)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert dbs.rollup.api_keys.count_documents({}) == 2
