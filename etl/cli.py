@@ -19,7 +19,7 @@ from rich.text import Text
 from etl import dates, rollup, runs, verify
 from etl.db import Databases, DatabaseUnavailable, mask_uri, open_databases, plain_error
 from etl.jobs import utcnow
-from etl.settings import Settings, SettingsError, load_settings
+from etl.settings import EMBEDDED, Settings, SettingsError, load_settings
 
 app = typer.Typer(
     help="Usage analytics: the daily rollup of billable conversations, and its API.",
@@ -200,7 +200,12 @@ def status_report(dbs: Databases, settings: Settings, now: datetime, limit: int)
         state = "expired" if lock["expires_at"] < now else "held"
         lock_text = f"{state} by {lock['holder']} until {lock['expires_at']:%Y-%m-%d %H:%M:%S} UTC"
     return {
-        "database": mask_uri(dbs.uri),
+        # The embedded server's address dies with this command: name its storage instead.
+        "database": (
+            f"embedded ({settings.data_dir})"
+            if settings.mongodb_uri == EMBEDDED
+            else mask_uri(dbs.uri)
+        ),
         "timezone": settings.timezone,
         "data_through": through.isoformat() if through else None,
         "lag_days": (today - through).days - 1 if through else None,

@@ -235,3 +235,13 @@ def test_a_key_for_an_organization_missing_from_the_source_is_made_with_a_warnin
     quiet = usage("keys", "create", "--org", known.upper(), "--name", "GIC", env=env)
     assert quiet.returncode == 0 and quiet.stderr == ""
     assert dbs.rollup.api_keys.count_documents({}) == 2
+
+
+def test_status_on_the_embedded_database_names_its_storage_not_a_dead_uri(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = usage("status", env={"USAGE_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"database embedded ({data_dir})")
+    assert "mongodb://" not in result.stdout
+    report = json.loads(usage("status", "--json", env={"USAGE_DATA_DIR": str(data_dir)}).stdout)
+    assert report["database"] == f"embedded ({data_dir})"
