@@ -55,18 +55,25 @@ def run(
         markup=False,
     )
     print_table(dbs, out, today)
+    if not serve:
+        # No address nobody serves, and no key nobody will paste.
+        out.print(
+            "\nnot serving (--no-serve): `usage serve` serves the dashboard, and "
+            "`usage keys create --staff --name NAME` makes a key for it",
+            markup=False,
+        )
+        return
     from api import auth
 
     key_id, secret = auth.create_key(dbs.rollup, "demo staff key", None, utcnow())
     out.print(f"\ndashboard: http://127.0.0.1:{port}/  (API docs at /docs)", markup=False)
     out.print(f"staff API key {key_id}, paste it into the page: {secret}", markup=False)
-    if serve:
-        out.print(
-            f"other terminals: export USAGE_MONGODB_URI={dbs.uri}  (while this runs)", markup=False
-        )
-        from api.server import serve_forever
+    out.print(
+        f"other terminals: export USAGE_MONGODB_URI={dbs.uri}  (while this runs)", markup=False
+    )
+    from api.server import serve_forever
 
-        serve_forever(dbs, "127.0.0.1", port)
+    serve_forever(dbs, "127.0.0.1", port)
 
 
 def print_table(dbs: Databases, out: Console, today: date) -> None:
