@@ -5,7 +5,7 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 from rich.text import Text
 
-from etl import dates, rollup, runs, verify
+from etl import dates, freshness, rollup, runs, verify
 from etl.db import Databases, DatabaseUnavailable, mask_uri, open_databases, plain_error
 from etl.jobs import utcnow
 from etl.settings import EMBEDDED, Settings, SettingsError, load_settings
@@ -158,12 +158,29 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     limit: Annotated[int, typer.Option(min=1, help="Runs to show.")] = 10,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Only say whether the last nightly run succeeded and the data is fresh."
+        ),
+    ] = False,
+    max_lag: Annotated[
+        float,
+        typer.Option(
+            metavar="HOURS", min=0, help="With --check: how old the data may be, in hours."
+        ),
+    ] = freshness.DEFAULT_MAX_LAG_HOURS,
 ) -> None:
-    """Show recent runs, data_through, lag and the lock holder.
+    """Show recent runs, data_through, lag and the lock holder; or, with --check, exit 0 or 1.
 
-    Example: usage status --json
+    Example: usage status --check --max-lag 36
     """
     settings = settings_of(ctx)
+    if check:
+        with databases(settings) as dbs:
+            fresh, line = freshness.check(dbs, utcnow(), timedelta(hours=max_lag))
+        out.print(line, markup=False, soft_wrap=True)
+        raise typer.Exit(0 if fresh else 1)
     with databases(settings) as dbs:
         report = status_report(dbs, settings, utcnow(), limit)
     if as_json:

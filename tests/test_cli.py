@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -245,3 +245,37 @@ def test_status_on_the_embedded_database_names_its_storage_not_a_dead_uri(tmp_pa
     assert "mongodb://" not in result.stdout
     report = json.loads(usage("status", "--json", env={"USAGE_DATA_DIR": str(data_dir)}).stdout)
     assert report["database"] == f"embedded ({data_dir})"
+
+
+def add_nightly(dbs: Databases, status: str, through: str | None, started: datetime) -> None:
+    dbs.rollup.etl_runs.insert_one(
+        {
+            "kind": "nightly",
+            "status": status,
+            "started_at": started,
+            "finished_at": started,
+            "complete_through": through,
+            "error": None if status == "ok" else "interrupted",
+        }
+    )
+
+
+def test_status_check_exits_0_only_after_a_good_nightly_run_on_fresh_data(dbs: Databases) -> None:
+    env = env_for(dbs)
+    never = usage("status", "--check", env=env)
+    assert never.returncode == 1
+    assert one_line(never.stdout).startswith("never ran")
+    now = utcnow()
+    add_nightly(dbs, "ok", (now.date() - timedelta(days=1)).isoformat(), now)
+    fresh = usage("status", "--check", env=env)
+    assert fresh.returncode == 0, fresh.stdout
+    assert one_line(fresh.stdout).startswith("ok: data through")
+    strict = usage("status", "--check", "--max-lag", "0", env=env)
+    assert strict.returncode == 1
+    assert one_line(strict.stdout).startswith("stale since")
+    add_nightly(dbs, "running", None, now + timedelta(seconds=1))  # still going: not judged
+    assert usage("status", "--check", env=env).returncode == 0
+    add_nightly(dbs, "failed", None, now + timedelta(milliseconds=500))
+    failed = usage("status", "--check", env=env)
+    assert failed.returncode == 1
+    assert one_line(failed.stdout).startswith("last nightly failed")
