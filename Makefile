@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/usage demo
 
 test: $(STAMP)
+	bash .ci/need-chromium
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

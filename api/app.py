@@ -16,11 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
 from api import auth
 from api.buckets import GranularityChoice, Scope
+from api.edge import Edge
 from api.fastpath import FastPath
 from api.usage import (
     Forbidden,
@@ -197,13 +199,22 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """Text a spreadsheet shows as text: a leading quote keeps it from reading a formula."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def csv_text(report: dict[str, Any], metric: str) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["id", "name", *[b["label"] for b in report["buckets"]], "total"])
     for row in [*report["rows"], report["total"]]:
         cells = [cell[metric] for cell in row["buckets"]]
-        writer.writerow([row["id"] or "", row["name"], *cells, row["totals"][metric]])
+        names = [csv_cell(row["id"] or ""), csv_cell(row["name"])]
+        writer.writerow([*names, *cells, row["totals"][metric]])
     return buffer.getvalue()
 
 
@@ -216,10 +227,12 @@ def csv_filename(query: UsageQuery, metric: str) -> str:
 
 def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAPI:
     settings: Settings = dbs.settings
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from here, so they work offline.
+    app = FastAPIOffline(
         title="Usage analytics",
         version="1.0",
         description="Billable conversations per organization and agent, from the daily rollup.",
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.service = UsageService(dbs, settings.cache_check_seconds)
     app.state.keys = KeyCache(
@@ -233,6 +246,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
     app.add_middleware(
         FastPath, service=app.state.service, principal_of=app.state.keys.cached, today=today
     )
+    app.add_middleware(Edge)  # added last: outermost, so fast answers get its headers too
 
     @app.exception_handler(ParamError)
     def param_error(request: Request, exc: ParamError) -> JSONResponse:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from bson import ObjectId
 from pymongo.database import Database
 
 Doc = dict[str, Any]
@@ -59,6 +60,12 @@ def create_key(db: Database[Doc], name: str, org_id: str | None, now: datetime) 
         }
     )
     return key_id, secret
+
+
+def org_exists(db: Database[Doc], collection: str, org_id: str) -> bool:
+    """Whether the source holds the organization (its _id an ObjectId or, in old data, a string)."""
+    ids: list[Any] = [ObjectId(org_id), org_id]
+    return db[collection].find_one({"_id": {"$in": ids}}, {"_id": 1}) is not None
 
 
 def list_keys(db: Database[Doc]) -> list[Doc]:

@@ -22,7 +22,7 @@ from api.buckets import (
     range_days,
     resolve_granularity,
 )
-from etl import ledger, runs
+from etl import dates, ledger, runs
 from etl.db import USAGE_DAILY, USAGE_MONTHLY, Databases, Doc
 from etl.definition import Definition
 from etl.rollup import MEASURES
@@ -60,11 +60,9 @@ def parse_date(value: str | None, param: str) -> date | None:
     if value is None or value == "":
         return None
     try:
-        if len(value) != 10:
-            raise ValueError
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ParamError(param, f"{value!r} is not a date of the form YYYY-MM-DD") from None
+        return dates.parse_day(value)
+    except ValueError as exc:
+        raise ParamError(param, str(exc)) from None
 
 
 def resolve_query(

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -15,12 +15,13 @@ from pymongo.errors import PyMongoError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from etl import ledger, rollup, runner, runs
+from etl import dates, freshness, ledger, rollup, runner, runs
 from etl.db import Databases, DatabaseUnavailable, mask_uri, open_databases, plain_error
 from etl.definition import DefinitionMismatch
 from etl.jobs import utcnow
-from etl.settings import Settings, SettingsError, load_settings
+from etl.settings import EMBEDDED, Settings, SettingsError, load_settings
 
 app = typer.Typer(
     help="Usage analytics: the daily rollup of billable conversations, and its API.",
@@ -31,11 +32,13 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+# Data (key names, errors, organization names) is printed as text, never read as markup.
+out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 EXIT_USAGE = 2
 EXIT_BUSY = 3
+EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -73,11 +76,9 @@ def databases(settings: Settings) -> Iterator[Databases]:
 
 def parse_day(value: str, option: str) -> date:
     try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not a date of the form YYYY-MM-DD", param_hint=option
-        ) from None
+        return dates.parse_day(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 def parse_range(start: str, end: str) -> tuple[date, date]:
@@ -198,12 +199,29 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     limit: Annotated[int, typer.Option(min=1, help="Runs to show.")] = 10,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Only say whether the last nightly run succeeded and the data is fresh."
+        ),
+    ] = False,
+    max_lag: Annotated[
+        float,
+        typer.Option(
+            metavar="HOURS", min=0, help="With --check: how old the data may be, in hours."
+        ),
+    ] = freshness.DEFAULT_MAX_LAG_HOURS,
 ) -> None:
-    """Show recent runs, coverage, data_through, lag, the definition and the lock holder.
+    """Show runs, coverage, data_through, the definition and the lock; --check: exit 0 or 1.
 
-    Example: usage status --json
+    Example: usage status --check --max-lag 36
     """
     settings = settings_of(ctx)
+    if check:
+        with databases(settings) as dbs:
+            fresh, line = freshness.check(dbs, utcnow(), timedelta(hours=max_lag))
+        out.print(line, markup=False, soft_wrap=True)
+        raise typer.Exit(0 if fresh else 1)
     with databases(settings) as dbs:
         report = status_report(dbs, settings, utcnow(), limit)
     if as_json:
@@ -228,7 +246,7 @@ def status(
         out.print(f"warning: {line}", markup=False)
     table = Table("started (UTC)", "kind", "status", "range", "days", "rows", "skipped", "error")
     for run in report["runs"]:
-        table.add_row(
+        cells = [
             str(run.get("started_at", ""))[:19],
             run.get("kind", ""),
             run.get("status", ""),
@@ -237,7 +255,8 @@ def status(
             str(run.get("rows_written", "")),
             str(sum((run.get("skipped") or {}).values())),
             (run.get("error") or "")[:60],
-        )
+        ]
+        table.add_row(*map(Text, cells))
     out.print(table)
 
 
@@ -270,7 +289,12 @@ def status_report(dbs: Databases, settings: Settings, now: datetime, limit: int)
                 "run `usage rebuild` again"
             )
     return {
-        "database": mask_uri(dbs.uri),
+        # The embedded server's address dies with this command: name its storage instead.
+        "database": (
+            f"embedded ({settings.data_dir})"
+            if settings.mongodb_uri == EMBEDDED
+            else mask_uri(dbs.uri)
+        ),
         "timezone": settings.timezone,
         "generation": generation,
         "definition": state.definition.as_doc() if state else None,
@@ -407,12 +431,24 @@ def keys_create(
     """
     from api import auth
 
+    if not name.strip():
+        raise typer.BadParameter("say who or what the key is for", param_hint="--name")
     if staff == (org is not None):
         raise typer.BadParameter("give exactly one of --staff or --org ORG_ID", param_hint="--org")
     if org is not None and not auth.is_object_id(org):
         raise typer.BadParameter(f"{org!r} is not an ObjectId hex string", param_hint="--org")
-    with databases(settings_of(ctx)) as dbs:
-        key_id, secret = auth.create_key(dbs.rollup, name, org.lower() if org else None, utcnow())
+    settings = settings_of(ctx)
+    org_id = org.lower() if org else None
+    with databases(settings) as dbs:
+        collection = settings.org_names_collection
+        if org_id is not None and not auth.org_exists(dbs.source, collection, org_id):
+            err.print(
+                f"warning: no organization {org_id} in {settings.source_db}.{collection}; "
+                "creating the key anyway",
+                markup=False,
+                soft_wrap=True,
+            )
+        key_id, secret = auth.create_key(dbs.rollup, name.strip(), org_id, utcnow())
     out.print(f"key id {key_id}; the key (shown once): {secret}", markup=False)
 
 
@@ -428,13 +464,14 @@ def keys_list(ctx: typer.Context) -> None:
         keys = auth.list_keys(dbs.rollup)
     table = Table("key id", "name", "scope", "created (UTC)", "revoked")
     for key in keys:
-        table.add_row(
+        cells = [
             key["key_id"],
             key["name"],
             f"org {key['org_id']}" if key["org_id"] else "staff",
             f"{key['created_at']:%Y-%m-%d %H:%M}",
             f"{key['revoked_at']:%Y-%m-%d %H:%M}" if key.get("revoked_at") else "",
-        )
+        ]
+        table.add_row(*map(Text, cells))
     out.print(table)
 
 
@@ -451,7 +488,7 @@ def keys_revoke(
     with databases(settings_of(ctx)) as dbs:
         if not auth.revoke_key(dbs.rollup, key_id, utcnow()):
             fail(f"no active key with id {key_id!r}")
-    out.print(f"revoked {key_id}")
+    out.print(f"revoked {key_id}", markup=False)
 
 
 def main() -> None:
@@ -459,14 +496,16 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         code = app(standalone_mode=False)
+        if code == EXIT_INTERRUPTED:  # Typer answers Ctrl-C by returning 130, not raising
+            raise KeyboardInterrupt
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.Abort:
         err.print("aborted")
-        code = 130
+        code = EXIT_INTERRUPTED
     except KeyboardInterrupt:
         err.print("interrupted; run the same command again to finish")
-        code = 130
+        code = EXIT_INTERRUPTED
     except typer.TyperException as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         err.print(f"error: {message}", markup=False, soft_wrap=True)

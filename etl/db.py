@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from pymongo import MongoClient
 from pymongo.collection import Collection
@@ -35,9 +36,37 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached; the message is one plain line."""
 
 
-def mask_uri(uri: str) -> str:
-    """Hide the password in a MongoDB URI."""
-    return re.sub(r"(mongodb(?:\+srv)?://[^:/@]+):[^@]*@", r"\1:***@", uri)
+URI = re.compile(r"mongodb(?:\+srv)?://[^\s'\"]+")
+# Up to the last "@", so an unescaped "@", "/" or "?" in a password is hidden with it.
+USERINFO = re.compile(r"^(mongodb(?:\+srv)?://[^:@/?#]*):.*@")
+SECRET_NAME = re.compile(r"pass|secret|token|credential|signature|key$", re.IGNORECASE)
+
+
+def mask_uri(text: str) -> str:
+    """Hide the secrets of every MongoDB URI in `text`: passwords and secret-looking options."""
+    return URI.sub(lambda match: mask_one_uri(match.group()), text)
+
+
+def mask_one_uri(uri: str) -> str:
+    base, question, query = USERINFO.sub(r"\1:***@", uri).partition("?")
+    if not question:
+        return base
+    return base + "?" + "&".join(mask_option(option) for option in query.split("&"))
+
+
+def mask_option(option: str) -> str:
+    """`password=***`; in a list of NAME:value pairs (authMechanismProperties), each secret one."""
+    name, equals, value = option.partition("=")
+    if SECRET_NAME.search(unquote(name)):
+        return f"{name}=***"
+    pairs = [pair.partition(":") for pair in unquote(value).split(",")]
+    if not any(colon and SECRET_NAME.search(key) for key, colon, _ in pairs):
+        return option
+    shown = [
+        f"{key}:***" if colon and SECRET_NAME.search(key) else key + colon + rest
+        for key, colon, rest in pairs
+    ]
+    return name + equals + ",".join(shown)
 
 
 def plain_error(exc: PyMongoError, uri: str) -> str:

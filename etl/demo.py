@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from etl import indexes, ledger, rollup, runner, sample
 from etl.db import Databases
@@ -27,7 +28,10 @@ def run(
     spec = replace(sample.SampleSpec(), days=(today - first).days)
     made = sample.make_sample(spec)
     if dbs.source.requests.estimated_document_count() == 0:
-        out.print(f"loading sample data ({spec.days} days up to now) into {dbs.settings.source_db}")
+        out.print(
+            f"loading sample data ({spec.days} days up to now) into {dbs.settings.source_db}",
+            markup=False,
+        )
         count = sample.load_sample(dbs, spec, now)
         out.print(f"loaded {count} conversations")
     if not dbs.settings.internal_org_ids:
@@ -58,18 +62,25 @@ def run(
         markup=False,
     )
     print_table(dbs, out, today)
+    if not serve:
+        # No address nobody serves, and no key nobody will paste.
+        out.print(
+            "\nnot serving (--no-serve): `usage serve` serves the dashboard, and "
+            "`usage keys create --staff --name NAME` makes a key for it",
+            markup=False,
+        )
+        return
     from api import auth
 
     key_id, secret = auth.create_key(dbs.rollup, "demo staff key", None, utcnow())
     out.print(f"\ndashboard: http://127.0.0.1:{port}/  (API docs at /docs)", markup=False)
     out.print(f"staff API key {key_id}, paste it into the page: {secret}", markup=False)
-    if serve:
-        out.print(
-            f"other terminals: export USAGE_MONGODB_URI={dbs.uri}  (while this runs)", markup=False
-        )
-        from api.server import serve_forever
+    out.print(
+        f"other terminals: export USAGE_MONGODB_URI={dbs.uri}  (while this runs)", markup=False
+    )
+    from api.server import serve_forever
 
-        serve_forever(dbs, "127.0.0.1", port)
+    serve_forever(dbs, "127.0.0.1", port)
 
 
 def print_table(dbs: Databases, out: Console, today: date) -> None:
@@ -97,5 +108,6 @@ def print_table(dbs: Databases, out: Console, today: date) -> None:
     table.add_column("total", justify="right")
     for row in [*report["rows"], report["total"]]:
         cells = [str(cell["conversations"]) for cell in row["buckets"]]
-        table.add_row(row["name"], *cells, str(row["totals"]["conversations"]))
+        # An organization's name is data: `[bold]` in it is shown, not applied.
+        table.add_row(Text(row["name"]), *cells, str(row["totals"]["conversations"]))
     out.print(table)

@@ -1,6 +1,6 @@
 """Read and validate `jobs.toml`, and wire its jobs into an APScheduler scheduler."""
 
-import importlib
+import inspect
 import signal
 import tomllib
 from collections.abc import Callable
@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
+
+from etl import jobs as job_functions
+from etl.settings import known_zones
 
 
 class JobsFileError(Exception):
@@ -30,17 +33,23 @@ class JobSpec:
 
 
 def resolve(ref: str) -> Callable[[], None]:
+    """The function of etl.jobs that `ref` names: a jobs file can run nothing else."""
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise ValueError(f"{ref!r} is not of the form 'module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        raise ValueError(f"module {module_name!r} cannot be imported") from None
-    func = getattr(module, attr, None)
-    if not callable(func):
-        raise ValueError(f"{module_name!r} has no function {attr!r}")
-    return func  # type: ignore[no-any-return]
+    module = job_functions.__name__
+    if module_name != module:
+        raise ValueError(f"{ref!r} is not in {module}, the only module a job may name")
+    func = getattr(job_functions, attr, None)
+    # Names etl.jobs imports from elsewhere are not jobs.
+    if attr.startswith("_") or not inspect.isfunction(func) or func.__module__ != module:
+        raise ValueError(f"{module} has no job function {attr!r}")
+    return func
+
+
+def positive_int(value: Any) -> bool:
+    # TOML's `true` arrives as a bool, and a bool is an int in Python.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def parse_jobs(text: str) -> list[JobSpec]:
@@ -48,10 +57,10 @@ def parse_jobs(text: str) -> list[JobSpec]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise JobsFileError(f"jobs.toml is not valid TOML: {exc}") from None
-    try:
-        zone = ZoneInfo(str(data.get("timezone", "UTC")))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise JobsFileError(f"jobs.toml: unknown timezone {data.get('timezone')!r}") from None
+    zone_name = data.get("timezone", "UTC")
+    if not isinstance(zone_name, str) or zone_name not in known_zones():
+        raise JobsFileError(f"jobs.toml: unknown timezone {zone_name!r}")
+    zone = ZoneInfo(zone_name)
     jobs = data.get("jobs")
     if not isinstance(jobs, dict) or not jobs:
         raise JobsFileError("jobs.toml defines no [jobs.NAME] table")
@@ -83,9 +92,9 @@ def _job(name: str, table: Any, zone: ZoneInfo, known: set[str]) -> JobSpec:
     grace = table.get("misfire_grace_seconds", 3600)
     instances = table.get("max_instances", 1)
     coalesce = table.get("coalesce", True)
-    if not isinstance(grace, int) or grace < 1:
+    if not positive_int(grace):
         raise JobsFileError(f"{where}: misfire_grace_seconds must be a positive integer")
-    if not isinstance(instances, int) or instances < 1:
+    if not positive_int(instances):
         raise JobsFileError(f"{where}: max_instances must be a positive integer")
     if not isinstance(coalesce, bool):
         raise JobsFileError(f"{where}: coalesce must be true or false")

@@ -1,5 +1,6 @@
 """Fixtures: one embedded server per session, a fresh pair of databases per test."""
 
+import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,6 +12,21 @@ from etl.db import Databases, connect, embedded_server
 from etl.settings import Settings
 
 pytest_plugins = ["tests.live"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Keep the caller's USAGE_* variables and any .env file out of every test.
+
+    Settings read `.env` from the working directory, so tests and the commands they start
+    run in an empty one.
+    """
+    for name in list(os.environ):
+        if name.startswith("USAGE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +46,7 @@ def make_settings(uri: str, **overrides: object) -> Settings:
         "server_selection_timeout_ms": 3000,
     }
     values.update(overrides)
-    return Settings(**values)
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """The usage API through the TestClient, on rows written straight into `usage_daily`."""
 
+import csv
+import io
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
@@ -9,7 +12,7 @@ from bson import ObjectId
 from fastapi.testclient import TestClient
 
 from api import auth
-from api.app import create_app
+from api.app import create_app, csv_cell
 from etl import ledger
 from etl.db import Databases
 from etl.definition import of_settings
@@ -205,6 +208,12 @@ def test_keys_are_stored_only_as_hashes(api: Api) -> None:
         ({"scope": "galaxy"}, "scope"),
         ({"granularity": "hour"}, "granularity"),
         ({"include_internal": "perhaps"}, "include_internal"),
+        ({"start": "20261001"}, "start"),
+        ({"end": "2026-W40-1"}, "end"),
+        ({"start": "9999-12-31"}, "start"),
+        ({"end": "0001-01-05"}, "end"),
+        ({"start": "9998-12-20", "end": "9999-01-03", "granularity": "week"}, "end"),
+        ({"scope": "org", "org_id": A, "end": "0001-12-31"}, "end"),
     ],
 )
 def test_bad_parameters_get_422_naming_the_parameter(
@@ -215,6 +224,23 @@ def test_bad_parameters_get_422_naming_the_parameter(
     body = response.json()
     assert body["parameter"] == parameter
     assert body["detail"].startswith(f"{parameter}: ")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"start": "9998-12-31"},  # the default length runs past the last supported day
+        {"scope": "org", "org_id": A, "end": "0002-01-05"},
+        {"start": "9998-12-01", "end": "9998-12-31", "granularity": "week"},
+        {"start": "0002-01-01", "end": "0002-02-15", "granularity": "month"},
+    ],
+)
+def test_ranges_at_the_ends_of_the_supported_dates_are_answered(
+    api: Api, params: dict[str, str]
+) -> None:
+    body = api.usage(**params)
+    assert body["buckets"][0]["start"] == body["start"]
+    assert body["buckets"][-1]["end"] == body["end"]
 
 
 def test_csv_is_the_same_query_as_an_attachment(api: Api) -> None:
@@ -231,6 +257,51 @@ def test_csv_is_the_same_query_as_an_attachment(api: Api) -> None:
         f"{B},Northwind,50,0,50",
         ",Total,50,44,94",
     ]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_quoted(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    names = ['=HYPERLINK("http://x")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)"]
+    orgs = [str(ObjectId()) for _ in names]
+    dbs = make_dbs()
+    rows = [make_row(org, BOT_1, "2026-10-05", n + 1) for n, org in enumerate(orgs)]
+    dbs.usage_daily().insert_many(rows)
+    dbs.usage_monthly().insert_many(monthly_rows(rows))
+    dbs.source.organizations.insert_many(
+        [{"_id": ObjectId(org), "name": name} for org, name in zip(orgs, names, strict=True)]
+    )
+    key = auth.create_key(dbs.rollup, "staff", None, NOW)[1]
+    with TestClient(create_app(dbs, clock=lambda: NOW)) as client:
+        response = client.get(
+            "/api/aggregations/usage.csv",
+            params={"start": "2026-10-01", "end": "2026-10-31", "granularity": "month"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    assert response.status_code == 200
+    lines = list(csv.reader(io.StringIO(response.text, newline="")))
+    by_id = {line[0]: line[1:] for line in lines[1:]}
+    for n, (org, name) in enumerate(zip(orgs, names, strict=True)):
+        assert by_id[org] == ["'" + name, str(n + 1), str(n + 1)]
+    assert by_id[""] == ["Total", "10", "10"]
+
+
+@pytest.mark.parametrize(
+    ("text", "cell"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+1", "'+1"),
+        ("-1", "'-1"),
+        ("@A1", "'@A1"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("Northwind", "Northwind"),
+        ("a=b", "a=b"),
+        ("", ""),
+    ],
+)
+def test_a_csv_text_cell_never_starts_a_formula(text: str, cell: str) -> None:
+    assert csv_cell(text) == cell
 
 
 def test_a_new_run_invalidates_cached_responses(api: Api) -> None:
@@ -268,6 +339,57 @@ def test_health_reports_the_database_and_the_last_run(api: Api) -> None:
         "last_run_status": "ok",
         "last_run_finished_at": "2026-11-25T02:30:00Z",
     }
+
+
+@pytest.mark.parametrize("path", ["/", "/api/health", "/docs", "/api/aggregations/usage"])
+def test_head_answers_as_get_does_without_a_body(api: Api, path: str) -> None:
+    headers = {"Authorization": f"Bearer {api.staff}"}
+    got = api.client.get(path, headers=headers)
+    head = api.client.head(path, headers=headers)
+    assert (head.status_code, got.status_code) == (200, 200)
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-length"] == got.headers["content-length"]
+
+
+def test_the_page_cannot_be_framed_or_sniffed(api: Api) -> None:
+    page = api.client.get("/")
+    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert page.headers["x-frame-options"] == "DENY"
+    for response in [page, api.client.get("/static/app.js"), api.client.get("/docs")]:
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert "cache-control" not in page.headers
+
+
+def test_api_answers_are_never_stored_by_a_cache(make_dbs: Callable[..., Databases]) -> None:
+    dbs = make_dbs(cache_check_seconds=60)
+    dbs.usage_daily().insert_many([dict(row) for row in ROWS])
+    dbs.usage_monthly().insert_many(monthly_rows(ROWS))
+    add_run(dbs, "2026-11-24", datetime(2026, 11, 25, 2, 30))
+    staff = {"Authorization": f"Bearer {auth.create_key(dbs.rollup, 's', None, NOW)[1]}"}
+    path = "/api/aggregations/usage?start=2026-09-01&end=2026-10-31"
+    with TestClient(create_app(dbs, clock=lambda: NOW)) as client:
+        answers = [
+            client.get(path, headers=staff),
+            client.get(path, headers=staff),  # the same call again: answered from memory
+            client.get(path.replace("usage?", "usage.csv?"), headers=staff),
+            client.get(path),
+            client.get(path + "&granularity=hour", headers=staff),
+        ]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 401, 422]
+    for answer in answers:
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_api_docs_load_nothing_from_elsewhere(api: Api) -> None:
+    page = api.client.get("/docs").text
+    assets = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", page)
+    assert len(assets) >= 3
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        assert api.client.get(asset).status_code == 200, asset
+    assert "swagger-ui-bundle.js" in page
 
 
 def test_an_unreachable_database_gets_503_not_500(

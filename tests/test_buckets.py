@@ -1,10 +1,11 @@
 """Pure date logic of the API: granularity, buckets, labels and default ranges."""
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
 from api.buckets import auto_granularity, default_range, make_buckets
+from etl.dates import FIRST_DAY, LAST_DAY
 
 D = date.fromisoformat
 MONDAY, SUNDAY = 0, 6
@@ -87,3 +88,16 @@ def test_monthly_buckets_across_a_year_with_partial_edges() -> None:
 def test_february_of_a_leap_year_is_a_whole_month() -> None:
     (bucket,) = make_buckets(D("2028-02-01"), D("2028-02-29"), "month", MONDAY)
     assert (bucket.end.isoformat(), bucket.partial) == ("2028-02-29", False)
+
+
+@pytest.mark.parametrize("granularity", ["day", "week", "month"])
+@pytest.mark.parametrize("first_weekday", range(7))
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [(FIRST_DAY, FIRST_DAY + timedelta(days=40)), (LAST_DAY - timedelta(days=40), LAST_DAY)],
+)
+def test_buckets_exist_at_both_ends_of_the_supported_dates(
+    first: date, last: date, granularity: str, first_weekday: int
+) -> None:
+    buckets = make_buckets(first, last, granularity, first_weekday)
+    assert (buckets[0].start, buckets[-1].end) == (first, last)

@@ -1,16 +1,21 @@
 """The `usage` command line, run as a user runs it: a subprocess with USAGE_* settings."""
 
 import json
+import signal
+import subprocess
+import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from bson import ObjectId
 
 from etl import runs
 from etl.cli import app
 from etl.db import Databases
-from tests.commands import env_for, one_line, usage
+from etl.jobs import utcnow
+from tests.commands import COMMAND, clean_env, env_for, one_line, usage
 from tests.factories import make_request
 
 
@@ -23,6 +28,9 @@ from tests.factories import make_request
         (["rollup", "--frobnicate"], "--frobnicate"),
         (["verify", "--start", "yesterday", "--end", "2026-10-01"], "YYYY-MM-DD"),
         (["keys", "create", "--name", "x", "--org", "nope"], "ObjectId"),
+        (["backfill", "--start", "20261001", "--end", "2026-10-02"], "YYYY-MM-DD"),
+        (["verify", "--start", "2026-W40-1", "--end", "2026-10-02"], "YYYY-MM-DD"),
+        (["backfill", "--start", "9999-12-31", "--end", "9999-12-31"], "supported dates"),
     ],
 )
 def test_bad_input_prints_one_line_and_exits_2(args: list[str], needle: str) -> None:
@@ -32,8 +40,23 @@ def test_bad_input_prints_one_line_and_exits_2(args: list[str], needle: str) -> 
     assert "Traceback" not in result.stderr
 
 
+def test_days_at_the_calendar_ends_exit_2_without_recording_a_run(dbs: Databases) -> None:
+    env = env_for(dbs, USAGE_TIMEZONE="Pacific/Kiritimati")
+    for first, last in [("0001-01-01", "0001-01-05"), ("9998-12-31", "9999-12-31")]:
+        result = usage("backfill", "--start", first, "--end", last, env=env)
+        assert result.returncode == 2
+        assert "outside the supported dates" in one_line(result.stderr)
+    assert dbs.rollup.etl_runs.count_documents({}) == 0
+    for day in ["0002-01-01", "9998-12-31"]:
+        result = usage("backfill", "--start", day, "--end", day, env=env)
+        assert result.returncode == 0, result.stderr
+
+
 def test_an_invalid_setting_is_named_at_start_up() -> None:
     result = usage("status", env={"USAGE_TIMEZONE": "Mars/Olympus"})
+    assert result.returncode == 2
+    assert "USAGE_TIMEZONE" in one_line(result.stderr)
+    result = usage("status", env={"USAGE_TIMEZONE": "posixrules"})
     assert result.returncode == 2
     assert "USAGE_TIMEZONE" in one_line(result.stderr)
     result = usage("status", env={"USAGE_INTERNAL_ORG_IDS": '["xyz"]'})
@@ -52,7 +75,7 @@ def test_an_unreachable_database_fails_fast_with_one_line(dead_uri: str) -> None
 
 
 def test_rollup_then_status_reports_the_run(dbs: Databases) -> None:
-    dbs.source.requests.insert_one(make_request(createdAt=datetime.utcnow()))
+    dbs.source.requests.insert_one(make_request(createdAt=utcnow()))
     result = usage("rollup", env=env_for(dbs))
     assert result.returncode == 0, result.stderr
     assert "1 conversations" in result.stdout
@@ -65,7 +88,7 @@ def test_rollup_then_status_reports_the_run(dbs: Databases) -> None:
 
 
 def test_a_busy_lock_exits_3_naming_the_holder(dbs: Databases) -> None:
-    runs.Lease(dbs.rollup, "night-host:42:abcd", 600).acquire(datetime.utcnow())
+    runs.Lease(dbs.rollup, "night-host:42:abcd", 600).acquire(utcnow())
     result = usage("rollup", env=env_for(dbs))
     assert result.returncode == 3
     assert "night-host:42:abcd" in one_line(result.stderr)
@@ -148,3 +171,111 @@ def test_a_busy_embedded_database_is_named_in_one_line(tmp_path: Path) -> None:
         result = usage("status", env={"USAGE_DATA_DIR": str(tmp_path)})
     assert result.returncode == 1
     assert "USAGE_MONGODB_URI" in one_line(result.stderr)
+
+
+def test_key_names_and_run_errors_are_printed_as_text_not_markup(dbs: Databases) -> None:
+    env = env_for(dbs)
+    names = ["[/oops] ops team", "[bold red]alert[/bold red]", "ops :thumbs_up: team"]
+    for name in names:
+        assert usage("keys", "create", "--staff", "--name", name, env=env).returncode == 0
+    listed = usage("keys", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    for name in names:
+        assert name in listed.stdout
+    dbs.rollup.etl_runs.insert_one(
+        {"kind": "nightly", "status": "failed", "started_at": utcnow(), "error": "[/x] [red]boom"}
+    )
+    status = usage("status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "[/x] [red]boom" in status.stdout
+
+
+def test_ctrl_c_during_a_backfill_says_how_to_finish(dbs: Databases) -> None:
+    args = ["backfill", "--start", "1950-01-01", "--end", "2026-10-31"]
+    with subprocess.Popen(
+        [*COMMAND, *args],
+        env=clean_env(env_for(dbs)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        deadline = time.monotonic() + 60
+        # Planned and recomputing: the run record has its range.
+        while not dbs.rollup.etl_runs.find_one({"status": "running", "range": {"$ne": None}}):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert one_line(stderr) == "interrupted; run the same command again to finish"
+    run = dbs.rollup.etl_runs.find_one()
+    assert (run["status"], run["error"]) == ("failed", "interrupted")
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_a_key_needs_a_name(dbs: Databases, name: str) -> None:
+    result = usage("keys", "create", "--staff", "--name", name, env=env_for(dbs))
+    assert result.returncode == 2
+    assert "--name" in one_line(result.stderr)
+    assert dbs.rollup.api_keys.count_documents({}) == 0
+
+
+def test_a_key_for_an_organization_missing_from_the_source_is_made_with_a_warning(
+    dbs: Databases,
+) -> None:
+    known, unknown = "65e18830a0616000137bb854", "65e18830a0616000137bb8ff"
+    dbs.source.organizations.insert_one({"_id": ObjectId(known), "name": "GIC"})
+    env = env_for(dbs)
+    made = usage("keys", "create", "--org", unknown, "--name", "typo", env=env)
+    assert made.returncode == 0
+    assert "usk_" in made.stdout
+    warning = one_line(made.stderr)
+    assert warning.startswith("warning: ") and unknown in warning
+    quiet = usage("keys", "create", "--org", known.upper(), "--name", "GIC", env=env)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert dbs.rollup.api_keys.count_documents({}) == 2
+
+
+def test_status_on_the_embedded_database_names_its_storage_not_a_dead_uri(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = usage("status", env={"USAGE_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"database embedded ({data_dir})")
+    assert "mongodb://" not in result.stdout
+    report = json.loads(usage("status", "--json", env={"USAGE_DATA_DIR": str(data_dir)}).stdout)
+    assert report["database"] == f"embedded ({data_dir})"
+
+
+def add_nightly(dbs: Databases, status: str, through: str | None, started: datetime) -> None:
+    dbs.rollup.etl_runs.insert_one(
+        {
+            "kind": "nightly",
+            "status": status,
+            "started_at": started,
+            "finished_at": started,
+            "complete_through": through,
+            "error": None if status == "ok" else "interrupted",
+        }
+    )
+
+
+def test_status_check_exits_0_only_after_a_good_nightly_run_on_fresh_data(dbs: Databases) -> None:
+    env = env_for(dbs)
+    never = usage("status", "--check", env=env)
+    assert never.returncode == 1
+    assert one_line(never.stdout).startswith("never ran")
+    now = utcnow()
+    add_nightly(dbs, "ok", (now.date() - timedelta(days=1)).isoformat(), now)
+    fresh = usage("status", "--check", env=env)
+    assert fresh.returncode == 0, fresh.stdout
+    assert one_line(fresh.stdout).startswith("ok: data through")
+    strict = usage("status", "--check", "--max-lag", "0", env=env)
+    assert strict.returncode == 1
+    assert one_line(strict.stdout).startswith("stale since")
+    add_nightly(dbs, "running", None, now + timedelta(seconds=1))  # still going: not judged
+    assert usage("status", "--check", env=env).returncode == 0
+    add_nightly(dbs, "failed", None, now + timedelta(milliseconds=500))
+    failed = usage("status", "--check", env=env)
+    assert failed.returncode == 1
+    assert one_line(failed.stdout).startswith("last nightly failed")

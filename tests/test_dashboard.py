@@ -162,3 +162,13 @@ def test_a_wrong_key_brings_back_the_prompt(page: object, live: Live) -> None:
     page.wait_for_selector("#key-form:not([hidden])")
     assert "not accepted" in page.inner_text("#key-message")
     assert page.evaluate("sessionStorage.getItem('usage.apiKey')") is None
+
+
+def test_the_api_docs_render_with_nothing_from_elsewhere(page: object, live: Live) -> None:
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(live.base + "/docs")
+    page.wait_for_selector(".swagger-ui .info .title")
+    assert "Usage analytics" in page.inner_text(".swagger-ui .info .title")
+    assert page.locator(".opblock").count() >= 3
+    assert requested and all(url.startswith(live.base + "/") for url in requested), requested

@@ -39,12 +39,24 @@ def test_cron_fields_and_timezone_are_applied() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (GOOD.replace("etl.jobs:nightly_rollup", "etl.jobs:nope"), "no function 'nope'"),
-        (GOOD.replace("etl.jobs:nightly_rollup", "etl.nothing:run"), "cannot be imported"),
+        (GOOD.replace("etl.jobs:nightly_rollup", "etl.jobs:nope"), "no job function 'nope'"),
+        (
+            GOOD.replace("etl.jobs:nightly_rollup", "etl.nothing:run"),
+            "the only module a job may name",
+        ),
+        (GOOD.replace("etl.jobs:nightly_rollup", "os:system"), "func: 'os:system' is not in"),
+        (GOOD.replace("etl.jobs:nightly_rollup", "etl.jobs:open_databases"), "no job function"),
+        (GOOD.replace("etl.jobs:nightly_rollup", "etl.jobs:__loader__"), "no job function"),
+        (GOOD + "max_instances = true\n", "max_instances must be a positive integer"),
+        (GOOD + "max_instances = 0\n", "max_instances must be a positive integer"),
+        (GOOD + "misfire_grace_seconds = true\n", "misfire_grace_seconds must be a positive"),
+        (GOOD + "misfire_grace_seconds = 1.5\n", "misfire_grace_seconds must be a positive"),
         (GOOD.replace("etl.jobs:nightly_rollup", "etl.jobs"), "module:function"),
         (GOOD.replace("15 2 * * *", "61 2 * * *"), "cron '61 2 * * *'"),
         (GOOD.replace("15 2 * * *", "15 2 * *"), "cron '15 2 * *'"),
         (GOOD.replace("Europe/Rome", "Mars/Base"), "unknown timezone"),
+        (GOOD.replace("Europe/Rome", "posixrules"), "unknown timezone"),
+        (GOOD.replace('"Europe/Rome"', '["UTC"]'), "unknown timezone"),
         (GOOD + "max_instnces = 2\n", "unknown field 'max_instnces'"),
         (GOOD + "coalesce = 1\n", "coalesce must be true or false"),
         ('timezone = "UTC"\n', "no [jobs.NAME]"),
@@ -56,18 +68,29 @@ def test_a_bad_jobs_file_is_refused_with_a_clear_message(text: str, message: str
         parse_jobs(text)
 
 
-def test_scheduler_refuses_a_bad_jobs_file_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (GOOD.replace("15 2", "15 25"), "[jobs.nightly_rollup] cron"),
+        (GOOD.replace("etl.jobs:nightly_rollup", "os:system"), "[jobs.nightly_rollup] func"),
+        (GOOD + "max_instances = true\n", "[jobs.nightly_rollup]: max_instances"),
+    ],
+)
+def test_scheduler_refuses_a_bad_jobs_file_in_one_line(
+    tmp_path: Path, text: str, named: str
+) -> None:
     bad = tmp_path / "jobs.toml"
-    bad.write_text(GOOD.replace("15 2", "15 25"))
+    bad.write_text(text)
     result = subprocess.run(
-        [sys.executable, "-m", "etl.cli", "scheduler", "--jobs", str(bad)],
+        [sys.executable, "-m", "etl.cli", "scheduler", "--jobs", str(bad), "--check"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "[jobs.nightly_rollup] cron" in result.stderr
+    assert named in result.stderr
+    assert result.stdout == ""
 
 
 def test_scheduler_stops_cleanly_on_sigterm(repo_root: Path) -> None:
@@ -108,6 +131,11 @@ def test_internal_org_ids_take_json_or_commas(
     ("env", "named"),
     [
         ({"USAGE_TIMEZONE": "Nowhere/City"}, "USAGE_TIMEZONE"),
+        ({"USAGE_TIMEZONE": "posixrules"}, "USAGE_TIMEZONE"),
+        ({"USAGE_TIMEZONE": "right/UTC"}, "USAGE_TIMEZONE"),
+        ({"USAGE_TIMEZONE": "posix/Europe/Rome"}, "USAGE_TIMEZONE"),
+        ({"USAGE_TIMEZONE": "localtime"}, "USAGE_TIMEZONE"),
+        ({"USAGE_TIMEZONE": "../zoneinfo/UTC"}, "USAGE_TIMEZONE"),
         ({"USAGE_LOOKBACK_DAYS": "-1"}, "USAGE_LOOKBACK_DAYS"),
         ({"USAGE_WEEK_START": "someday"}, "USAGE_WEEK_START"),
         ({"USAGE_READ_PREFERENCE": "nearestish"}, "USAGE_READ_PREFERENCE"),
@@ -120,3 +148,11 @@ def test_an_invalid_setting_names_itself(
         monkeypatch.setenv(key, value)
     with pytest.raises(SettingsError, match=f"^invalid setting {named}: "):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Europe/Rome", "America/Argentina/Buenos_Aires", "Etc/GMT+12"]
+)
+def test_iana_zones_are_accepted(monkeypatch: pytest.MonkeyPatch, zone: str) -> None:
+    monkeypatch.setenv("USAGE_TIMEZONE", zone)
+    assert load_settings().zone.key == zone

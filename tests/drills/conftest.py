@@ -32,7 +32,10 @@ class ServerProcess:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
-        probe = connect(Settings(mongodb_uri=self.uri, server_selection_timeout_ms=500), self.uri)
+        probe = connect(
+            Settings(_env_file=None, mongodb_uri=self.uri, server_selection_timeout_ms=500),
+            self.uri,
+        )
         try:
             while True:
                 try:
