@@ -3,6 +3,7 @@
 import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -491,9 +492,16 @@ def keys_revoke(
     out.print(f"revoked {key_id}", markup=False)
 
 
+def stop_on_sigterm(signum: int, frame: object) -> NoReturn:
+    """SIGTERM (kill, a service manager stopping) ends a run as Ctrl-C does: recorded as
+    failed, the lock released, so running the command again goes on at once."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point: usage errors print one line and exit 2, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         code = app(standalone_mode=False)
         if code == EXIT_INTERRUPTED:  # Typer answers Ctrl-C by returning 130, not raising
