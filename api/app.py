@@ -38,7 +38,6 @@ from etl.jobs import utcnow
 from etl.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
-NO_STORE = {"Cache-Control": "no-store"}
 Metric = Literal["conversations", "messages", "handoffs"]
 
 
@@ -70,6 +69,7 @@ class UsageOut(BaseModel):
     rows: list[RowOut]
     total: RowOut
     data_from: str | None
+    data_gaps: list[list[str]]
     data_through: str | None
     last_run_finished_at: str | None
     generation: int
@@ -289,7 +289,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         if body is None:
             body = await run_in_threadpool(service.report_json, query, served)
             service.remember(key, served, body)
-        return Response(body, media_type="application/json", headers=NO_STORE)
+        return Response(body, media_type="application/json")
 
     @app.get(
         "/api/aggregations/usage.csv",
@@ -305,7 +305,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         return Response(
             csv_text(report, metric),
             media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": disposition, **NO_STORE},
+            headers={"Content-Disposition": disposition},
         )
 
     @app.get("/api/health", response_model=HealthOut, responses={503: {"model": HealthOut}})

@@ -15,10 +15,7 @@ from api.auth import Principal
 from api.usage import UsageService
 
 USAGE_PATH = "/api/aggregations/usage"
-JSON_HEADERS = [
-    (b"content-type", b"application/json"),
-    (b"cache-control", b"no-store"),
-]
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 def bearer_token(scope: Scope) -> str | None:

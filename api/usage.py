@@ -264,6 +264,8 @@ class Served:
     generation: int
     definition: Definition | None
     data_from: date | None
+    # Runs of days between data_from and the last computed day that were never computed.
+    gaps: tuple[tuple[date, date], ...]
     data_through: date | None
     finished_at: datetime | None
 
@@ -275,11 +277,13 @@ def read_served(dbs: Databases) -> Served:
     state = ledger.read_state(dbs.rollup)
     generation = state.generation if state else 1
     latest = runs.latest_finished_run(dbs.rollup)
+    cover = ledger.coverage(dbs, generation)
     return Served(
         token=f"{state.token if state else '-'}:{latest['_id'] if latest else '-'}",
         generation=generation,
         definition=state.definition if state else None,
-        data_from=ledger.first_day(dbs, generation),
+        data_from=cover.first,
+        gaps=tuple(cover.gaps),
         data_through=ledger.data_through(dbs, state),
         finished_at=latest.get("finished_at") if latest else None,
     )
@@ -382,6 +386,12 @@ class UsageService:
             "rows": rows,
             "total": total,
             "data_from": served.data_from.isoformat() if served.data_from else None,
+            # Never computed: buckets within these show no data, not zero.
+            "data_gaps": [
+                [first.isoformat(), last.isoformat()]
+                for first, last in served.gaps
+                if first <= query.last and last >= query.first
+            ],
             "data_through": served.data_through.isoformat() if served.data_through else None,
             "last_run_finished_at": (
                 served.finished_at.isoformat() + "Z" if served.finished_at else None

@@ -376,6 +376,23 @@ def rebuild_days(
     return sorted(days)
 
 
+def stale_days(
+    dbs: Databases, generation: int, scan_from: datetime | None, now: datetime
+) -> list[date]:
+    """Computed days of `generation` whose source changed after they were computed: what a
+    rebuild resumed after a pause must build again before it is served."""
+    if scan_from is None:
+        return []
+    tomorrow = local_today(now, dbs.settings) + timedelta(days=1)
+    changes = rollup.changed_days(dbs, scan_from - CLOCK_SKEW, tomorrow)
+    computed = ledger.computed(dbs, generation, list(changes))
+    return sorted(
+        day
+        for day, when in changes.items()
+        if day in computed and when >= computed[day] - CLOCK_SKEW
+    )
+
+
 def run_rebuild(
     dbs: Databases,
     now: datetime,
@@ -415,6 +432,7 @@ def run_rebuild(
             )
         built = set(ledger.covered_days(dbs, pending.generation))
         built -= set(ledger.dirty_days(dbs, pending.generation))
+        built -= set(stale_days(dbs, pending.generation, pending.scan_from, clock()))
         number = pending.generation
 
         def on_read(read_started: datetime) -> None:

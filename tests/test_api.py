@@ -446,3 +446,14 @@ def test_warm_calls_are_answered_from_memory_per_key_until_a_new_run(
             assert time.monotonic() < deadline, "a new run did not reach the cached answer"
             time.sleep(0.05)
         assert client.get(path, headers=staff).json()["rows"] == []
+
+
+def test_days_never_computed_are_named_as_gaps_not_answered_as_zero(api: Api) -> None:
+    cover(api.dbs, date(2026, 5, 1), date(2026, 5, 31))
+    body = api.usage(start="2026-05-01", end="2026-10-31")
+    assert body["data_from"] == "2026-05-01"
+    assert body["data_gaps"] == [["2026-06-01", "2026-08-31"]]
+    clipped = api.usage(start="2026-09-01", end="2026-10-31")
+    assert clipped["data_gaps"] == []
+    health = api.get("/api/health", None).json()
+    assert health["data_from"] == "2026-05-01"

@@ -228,11 +228,21 @@ def test_an_interrupted_rebuild_keeps_serving_the_old_generation_and_finishes_wh
     assert served_total() == (1, 6)  # the old generation, with its exact numbers
     state = ledger.read_state(deeper.rollup)
     assert state is not None and state.pending is not None and state.pending.generation == 2
-    result = runner.run_rebuild(deeper, T0, at(T0))
+    # Meanwhile a July conversation, already built into the new generation, changes.
+    later = T0 + timedelta(hours=1)
+    deeper.source.requests.update_one(
+        {"createdAt": datetime(2026, 7, 10, 9), "depth": 3},
+        {"$set": {"depth": 5, "updatedAt": later}},
+    )
+    result = runner.run_rebuild(deeper, later, at(later + timedelta(hours=1)))
     assert result.record["resumed"] is True
-    assert [d.isoformat()[:7] for d in result.days][0] == "2026-09"  # July, August were built
-    assert served_total() == (2, 3)  # depth 4 only
-    assert monthly(deeper, 2) == {"2026-07": 1, "2026-08": 1, "2026-09": 1}
+    # July 10 is built again for its change; the rest of July and August are not.
+    months = [d.isoformat()[:7] for d in result.days]
+    assert "2026-08" not in months and [d for d in result.days if d.month == 7] == [
+        date(2026, 7, 10)
+    ]
+    assert served_total() == (2, 4)  # depths 4, 4, 4 and the changed 5
+    assert monthly(deeper, 2) == {"2026-07": 2, "2026-08": 1, "2026-09": 1}
     found = runner.verify_range(deeper, date(2026, 7, 1), date(2026, 9, 30), T0, at(T0))
     assert (found.drift, found.months) == ([], [])
 

@@ -117,9 +117,11 @@ function isStale(bucket, report) {
   return report.data_through !== null && bucket.end > report.data_through;
 }
 
-// Buckets that end before the first computed day were never counted: no data, not zero.
+// Buckets that end before the first computed day, or lie within a run of days never
+// computed, were never counted: no data, not zero.
 function isBeforeData(bucket, report) {
-  return Boolean(report.data_from) && bucket.end < report.data_from;
+  if (report.data_from && bucket.end < report.data_from) return true;
+  return (report.data_gaps || []).some(([first, last]) => first <= bucket.start && bucket.end <= last);
 }
 
 function bucketClass(bucket, report) {
