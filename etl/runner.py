@@ -50,6 +50,18 @@ class Plan:
         return sorted(set(day_range(*self.window)) | set(self.changed) | set(self.dirty))
 
 
+def changed_after_computed(
+    changes: dict[date, datetime], computed: dict[date, datetime]
+) -> list[date]:
+    """Computed days whose latest source change came after (or, allowing for clock skew,
+    near) the moment their computation began reading the source."""
+    return sorted(
+        day
+        for day, when in changes.items()
+        if day in computed and when >= computed[day] - CLOCK_SKEW
+    )
+
+
 def plan_nightly(
     today: date,
     lookback_days: int,
@@ -66,9 +78,7 @@ def plan_nightly(
     if last_nightly_today is not None:
         first = min(first, last_nightly_today)
     older = {day: when for day, when in changes.items() if day < first}
-    changed = sorted(
-        day for day, when in older.items() if day in computed and when >= computed[day] - CLOCK_SKEW
-    )
+    changed = changed_after_computed(older, computed)
     uncovered = sorted(day for day in older if day not in computed)
     return Plan(today, (first, today), changed, uncovered, sorted(d for d in dirty if d < first))
 
@@ -385,12 +395,7 @@ def stale_days(
         return []
     tomorrow = local_today(now, dbs.settings) + timedelta(days=1)
     changes = rollup.changed_days(dbs, scan_from - CLOCK_SKEW, tomorrow)
-    computed = ledger.computed(dbs, generation, list(changes))
-    return sorted(
-        day
-        for day, when in changes.items()
-        if day in computed and when >= computed[day] - CLOCK_SKEW
-    )
+    return changed_after_computed(changes, ledger.computed(dbs, generation, list(changes)))
 
 
 def run_rebuild(
