@@ -46,7 +46,8 @@ def run(
     last = today - timedelta(days=1)
     days = (last - first).days + 1
     state = ledger.read_state(dbs.rollup)
-    if state is not None and state.definition != of_settings(dbs.settings):
+    unversioned = state is None and dbs.usage_daily().find_one() is not None
+    if unversioned or (state is not None and state.definition != of_settings(dbs.settings)):
         # Data of an earlier demo, computed under other settings or an older pipeline.
         with progress_bar(days, "rebuild") as advance:
             result = runner.run_rebuild(dbs, now, dbs.server_time, first, last, advance)

@@ -339,3 +339,49 @@ def test_a_response_is_cached_under_what_was_served_when_it_was_computed(dbs: Da
     fresh = service.report(query, now_served)
     assert fresh["total"]["totals"]["conversations"] == 2
     assert fresh["data_from"] == "2026-10-01" and fresh["generation"] == 1
+
+
+def test_a_rollup_from_before_definitions_is_adopted_and_must_be_rebuilt_once(
+    dbs: Databases,
+) -> None:
+    day = datetime(2026, 9, 10, 9)
+    dbs.source.requests.insert_one(make_request(createdAt=day, updatedAt=day))
+    # What an earlier version left: rows and run records, no state, no ledger.
+    dbs.usage_daily().insert_one(
+        {
+            "_id": f"{ORG_A}:{BOT_1}:2026-09-08",
+            "org_id": str(ORG_A),
+            "agent_id": BOT_1,
+            "day": "2026-09-08",
+            "conversations": 9,
+            "messages": 45,
+            "handoffs": 0,
+        }
+    )
+    dbs.usage_daily().insert_one(
+        {
+            "_id": f"{ORG_A}:{BOT_1}:2026-09-12",
+            "org_id": str(ORG_A),
+            "agent_id": BOT_1,
+            "day": "2026-09-12",
+            "conversations": 1,
+            "messages": 5,
+            "handoffs": 0,
+        }
+    )
+    dbs.rollup.etl_runs.insert_one(
+        {
+            "kind": "nightly",
+            "status": "ok",
+            "started_at": T0 - timedelta(days=1),
+            "filter": {"status": 1000, "depth_gt": 2, "exclude_test_mode": True},
+            "timezone": "UTC",
+        }
+    )
+    with pytest.raises(DefinitionMismatch, match="pipeline version: 1 -> 2"):
+        nightly(dbs, T0)
+    result = runner.run_rebuild(dbs, T0, at(T0))
+    assert result.record["switched_to"] == 2
+    assert ledger.coverage(dbs, 2).first == date(2026, 9, 8)
+    assert ledger.coverage(dbs, 2).last == date(2026, 9, 12)
+    assert conversations(dbs) == {"2026-09-10": 1}
