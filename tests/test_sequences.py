@@ -105,8 +105,21 @@ class World:
         return lambda: now
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_sequences_of_runs_leave_every_computed_day_exact(dbs: Databases, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "transactions"), [(1, True), (2, True), (3, True), (4, False)])
+def test_random_sequences_of_runs_leave_every_computed_day_exact(
+    dbs: Databases, seed: int, transactions: bool
+) -> None:
+    if transactions:
+        play(dbs, seed)
+        return
+    plain = connect(dbs.settings, dbs.uri, transactions=False)  # as on a standalone server
+    try:
+        play(plain, seed)
+    finally:
+        plain.close()
+
+
+def play(dbs: Databases, seed: int) -> None:
     rng = random.Random(seed)
     world = World(dbs, rng)
     for _ in range(8):
