@@ -25,6 +25,9 @@ REQUESTS = "requests"
 USAGE_DAILY = "usage_daily"
 USAGE_MONTHLY = "usage_monthly"
 USAGE_DAYS = "usage_days"
+USAGE_ORG_DAILY = "usage_org_daily"
+USAGE_ORG_MONTHLY = "usage_org_monthly"
+ROLLUP_COLLECTIONS = (USAGE_DAILY, USAGE_MONTHLY, USAGE_ORG_DAILY, USAGE_ORG_MONTHLY, USAGE_DAYS)
 
 
 def generation_name(base: str, generation: int) -> str:
@@ -96,6 +99,10 @@ class Databases:
     def _writer(self, base: str, generation: int) -> Collection[Doc]:
         name = generation_name(base, generation)
         return self.rollup.get_collection(name, write_concern=WriteConcern("majority"))
+
+    def level(self, base: str, generation: int = 1) -> Collection[Doc]:
+        """A rollup collection of a generation, for the rollup's writes."""
+        return self._writer(base, generation)
 
     def usage_daily(self, generation: int = 1) -> Collection[Doc]:
         return self._writer(USAGE_DAILY, generation)

@@ -11,14 +11,14 @@ from pymongo import ASCENDING
 from pymongo.client_session import ClientSession
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from etl import ledger, runs, source
+from etl import lattice, ledger, runs, source
 from etl.db import Databases, Doc
 from etl.settings import Settings
 
 # A batch (one aggregation, one write transaction) never crosses a calendar month, so each
 # batch re-derives one month's totals; a month of rows stays far below transaction limits.
 BATCH_DAYS = 31
-MEASURES = ("conversations", "messages", "handoffs")
+MEASURES = lattice.MEASURES
 TRANSACTION_ATTEMPTS = 3
 T = TypeVar("T")
 
@@ -112,27 +112,6 @@ class Target:
     served: bool = True
 
 
-def month_rows(rows: Iterable[Doc]) -> list[Doc]:
-    """`usage_monthly` rows: the daily rows summed by (org, agent, month)."""
-    months: dict[str, Doc] = {}
-    for row in rows:
-        month = row["day"][:7]
-        key = row_id(row["org_id"], row["agent_id"], month)
-        into = months.setdefault(
-            key,
-            {
-                "_id": key,
-                "org_id": row["org_id"],
-                "agent_id": row["agent_id"],
-                "month": month,
-                **dict.fromkeys(MEASURES, 0),
-            },
-        )
-        for name in MEASURES:
-            into[name] += row[name]
-    return sorted(months.values(), key=lambda row: row["_id"])
-
-
 def month_filter(month: str) -> Doc:
     return {"day": {"$gte": f"{month}-01", "$lte": f"{month}-31"}}
 
@@ -140,13 +119,16 @@ def month_filter(month: str) -> Doc:
 def derive_months(
     dbs: Databases, generation: int, months: Iterable[str], session: ClientSession | None
 ) -> None:
-    """Rewrite the monthly rows of `months` from the daily rows, never by differences."""
-    daily, monthly = dbs.usage_daily(generation), dbs.usage_monthly(generation)
+    """Rewrite every coarser level of `months` from the daily rows, never by differences."""
+    daily = dbs.usage_daily(generation)
     for month in sorted(set(months)):
-        rows = month_rows(daily.find(month_filter(month), session=session))
-        monthly.delete_many({"month": month}, session=session)
-        if rows:
-            monthly.insert_many(rows, ordered=False, session=session)
+        rows = list(daily.find(month_filter(month), session=session))
+        for level in lattice.LEVELS:
+            stored = dbs.level(level.collection, generation)
+            stored.delete_many(level.of_month(month), session=session)
+            derived = lattice.summarize(rows, level)
+            if derived:
+                stored.insert_many(derived, ordered=False, session=session)
 
 
 def save_days(
@@ -269,9 +251,12 @@ def ensure_indexes(dbs: Databases, generation: int) -> None:
     )
     usage.create_index([("day", ASCENDING)], name="day")
     usage.create_index([("org_id", ASCENDING), ("day", ASCENDING)], name="org_day")
-    monthly = dbs.usage_monthly(generation)
-    monthly.create_index([("month", ASCENDING)], name="month")
-    monthly.create_index([("org_id", ASCENDING), ("month", ASCENDING)], name="org_month")
+    for level in lattice.LEVELS:
+        stored = dbs.level(level.collection, generation)
+        stored.create_index([(level.period, ASCENDING)], name=level.period)
+        stored.create_index(
+            [("org_id", ASCENDING), (level.period, ASCENDING)], name=f"org_{level.period}"
+        )
     dbs.usage_days(generation).create_index([("dirty", ASCENDING)], name="dirty", sparse=True)
     runs.ensure_indexes(dbs.rollup)
 

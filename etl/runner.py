@@ -15,7 +15,7 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import PyMongoError
 
 from etl import ledger, rollup, runs, verify
-from etl.db import USAGE_DAILY, USAGE_DAYS, USAGE_MONTHLY, Databases, Doc, mask_uri, plain_error
+from etl.db import ROLLUP_COLLECTIONS, Databases, Doc, mask_uri, plain_error
 from etl.definition import Definition, DefinitionMismatch, of_settings
 from etl.rollup import Progress, Stats, Target, day_range, local_today
 
@@ -362,7 +362,7 @@ def generations_present(dbs: Databases) -> set[int]:
     """Generations that have any rollup collection."""
     found = set()
     for name in dbs.rollup.list_collection_names():
-        for base in (USAGE_DAILY, USAGE_MONTHLY, USAGE_DAYS):
+        for base in ROLLUP_COLLECTIONS:
             if name == base:
                 found.add(1)
             elif name.startswith(base + "_g") and name[len(base) + 2 :].isdigit():
@@ -371,9 +371,8 @@ def generations_present(dbs: Databases) -> set[int]:
 
 
 def drop_generation(dbs: Databases, generation: int) -> None:
-    dbs.usage_daily(generation).drop()
-    dbs.usage_monthly(generation).drop()
-    dbs.usage_days(generation).drop()
+    for base in ROLLUP_COLLECTIONS:
+        dbs.level(base, generation).drop()
 
 
 def rebuild_days(

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from datetime import date
 
-from etl import ledger, rollup
+from etl import lattice, ledger, rollup
 from etl.db import Databases, Doc
 
 
@@ -78,18 +78,21 @@ def months_of(first: date, last: date) -> list[str]:
 def find_month_drift(
     dbs: Databases, first: date, last: date, generation: int | None = None
 ) -> list[str]:
-    """Months touching first..last whose `usage_monthly` rows differ from the daily sums."""
+    """Months touching first..last where any coarser level (monthly, organization by day
+    or by month) differs from the sums of the day rows."""
     generation = served_generation(dbs) if generation is None else generation
-    daily, monthly = dbs.usage_daily(generation), dbs.usage_monthly(generation)
+    daily = dbs.usage_daily(generation)
     drifted = []
     for month in months_of(first, last):
-        expected = {
-            row["_id"]: row for row in rollup.month_rows(daily.find(rollup.month_filter(month)))
-        }
-        stored = {row["_id"]: row for row in monthly.find({"month": month})}
-        if any(
-            measures(expected.get(key)) != measures(stored.get(key))
-            for key in expected.keys() | stored.keys()
-        ):
-            drifted.append(month)
+        rows = list(daily.find(rollup.month_filter(month)))
+        for level in lattice.LEVELS:
+            expected = {row["_id"]: row for row in lattice.summarize(rows, level)}
+            found = dbs.level(level.collection, generation).find(level.of_month(month))
+            stored = {row["_id"]: row for row in found}
+            if any(
+                measures(expected.get(key)) != measures(stored.get(key))
+                for key in expected.keys() | stored.keys()
+            ):
+                drifted.append(month)
+                break
     return drifted

@@ -385,3 +385,29 @@ def test_a_rollup_from_before_definitions_is_adopted_and_must_be_rebuilt_once(
     assert ledger.coverage(dbs, 2).first == date(2026, 9, 8)
     assert ledger.coverage(dbs, 2).last == date(2026, 9, 12)
     assert conversations(dbs) == {"2026-09-10": 1}
+
+
+def test_every_level_of_the_lattice_is_verified_and_repaired(dbs: Databases) -> None:
+    for day in (3, 17):
+        created = datetime(2026, 9, day, 9)
+        dbs.source.requests.insert_many(
+            [make_request(createdAt=created, updatedAt=created, depth=d) for d in (3, 4)]
+        )
+    backfill(dbs, "2026-09-01", "2026-09-30")
+    first, last = date(2026, 9, 1), date(2026, 9, 30)
+    assert verify.find_month_drift(dbs, first, last) == []
+    org = str(ORG_A)
+    by_org_day = {r["day"]: r["messages"] for r in dbs.level("usage_org_daily").find()}
+    assert by_org_day == {"2026-09-03": 7, "2026-09-17": 7}
+    (org_month,) = dbs.level("usage_org_monthly").find()
+    assert (org_month["org_id"], org_month["month"], org_month["conversations"]) == (
+        org,
+        "2026-09",
+        4,
+    )
+    dbs.level("usage_org_daily").update_one({"day": "2026-09-17"}, {"$inc": {"messages": 1}})
+    assert verify.find_month_drift(dbs, first, last) == ["2026-09"]
+    runner.verify_range(dbs, first, last, T0, at(T0), repair=True)
+    assert verify.find_month_drift(dbs, first, last) == []
+    dbs.level("usage_org_monthly").delete_many({})
+    assert verify.find_month_drift(dbs, first, last) == ["2026-09"]

@@ -52,13 +52,20 @@ def served(dbs: Databases) -> tuple[int, dict[tuple[str, str, str], tuple], dict
     return generation, daily, months
 
 
-def month_sums(daily: dict[tuple[str, str, str], tuple]) -> dict[tuple[str, str, str], tuple]:
-    sums: dict[tuple[str, str, str], list[int]] = {}
+def sums(daily: dict[tuple[str, str, str], tuple], key: Callable[..., tuple]) -> dict:
+    totals: dict[tuple, list[int]] = {}
     for (org, agent, day), values in daily.items():
-        cell = sums.setdefault((org, agent, day[:7]), [0, 0, 0])
+        cell = totals.setdefault(key(org, agent, day), [0, 0, 0])
         for n, value in enumerate(values):
             cell[n] += value
-    return {key: tuple(cell) for key, cell in sums.items()}
+    return {k: tuple(cell) for k, cell in totals.items()}
+
+
+def stored(dbs: Databases, base: str, generation: int, *fields: str) -> dict:
+    return {
+        tuple(r[f] for f in fields): (r["conversations"], r["messages"], r["handoffs"])
+        for r in dbs.level(base, generation).find()
+    }
 
 
 class World:
@@ -149,6 +156,10 @@ def play(dbs: Databases, seed: int) -> None:
             generation, daily, months = served(dbs)
             covered = set(ledger.covered_days(dbs, generation))
             assert daily == expected(world.docs, covered), (seed, _step)
-            assert months == month_sums(daily), (seed, _step)
+            assert months == sums(daily, lambda o, a, d: (o, a, d[:7])), (seed, _step)
+            org_days = stored(dbs, "usage_org_daily", generation, "org_id", "day")
+            assert org_days == sums(daily, lambda o, a, d: (o, d)), (seed, _step)
+            org_months = stored(dbs, "usage_org_monthly", generation, "org_id", "month")
+            assert org_months == sums(daily, lambda o, a, d: (o, d[:7])), (seed, _step)
             checked += 1
     assert checked >= 5
