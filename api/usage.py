@@ -23,7 +23,14 @@ from api.buckets import (
     resolve_granularity,
 )
 from etl import dates, ledger, runs
-from etl.db import USAGE_DAILY, USAGE_MONTHLY, Databases, Doc
+from etl.db import (
+    USAGE_DAILY,
+    USAGE_MONTHLY,
+    USAGE_ORG_DAILY,
+    USAGE_ORG_MONTHLY,
+    Databases,
+    Doc,
+)
 from etl.definition import Definition
 from etl.rollup import MEASURES
 from etl.settings import Settings
@@ -190,16 +197,19 @@ def monthly_pipeline(query: UsageQuery, months: list[str], settings: Settings) -
 def fetch_groups(
     dbs: Databases, query: UsageQuery, buckets: list[Bucket], generation: int
 ) -> list[Doc]:
-    """Rollup totals per (row id, bucket key), from the coarsest rows that are exact."""
+    """Rollup totals per (row id, bucket key), from the coarsest rows that are exact: a
+    platform view needs no agents, so it reads the organization levels."""
     settings = dbs.settings
-    daily = dbs.reader(USAGE_DAILY, generation)
+    by_org = query.scope == "platform"
+    daily = dbs.reader(USAGE_ORG_DAILY if by_org else USAGE_DAILY, generation)
     if query.granularity != "month":
         return list(daily.aggregate(daily_pipeline(query, buckets, settings)))
     groups: list[Doc] = []
     whole = [bucket.key for bucket in buckets if not bucket.partial]
     if whole:
         pipeline = monthly_pipeline(query, whole, settings)
-        groups += dbs.reader(USAGE_MONTHLY, generation).aggregate(pipeline)
+        monthly = dbs.reader(USAGE_ORG_MONTHLY if by_org else USAGE_MONTHLY, generation)
+        groups += monthly.aggregate(pipeline)
     # Only the first and the last month of a range can be clipped.
     for bucket in buckets:
         if bucket.partial:

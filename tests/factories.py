@@ -71,3 +71,41 @@ def monthly_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name in ("conversations", "messages", "handoffs"):
             into[name] += row[name]
     return list(months.values())
+
+
+def summed(rows: list[dict[str, Any]], by_agent: bool, period: str) -> list[dict[str, Any]]:
+    """Rows summed by (org[, agent], day or month), as a coarser level stores them."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        when = row["day"] if period == "day" else row["day"][:7]
+        parts = [row["org_id"], row["agent_id"], when] if by_agent else [row["org_id"], when]
+        key = ":".join(parts)
+        into = out.setdefault(
+            key,
+            {
+                "_id": key,
+                "org_id": row["org_id"],
+                period: when,
+                "conversations": 0,
+                "messages": 0,
+                "handoffs": 0,
+            },
+        )
+        if by_agent:
+            into["agent_id"] = row["agent_id"]
+        for name in ("conversations", "messages", "handoffs"):
+            into[name] += row[name]
+    return list(out.values())
+
+
+def store_rows(dbs: Any, rows: list[dict[str, Any]]) -> None:
+    """Write day rows and every coarser level they sum to, as the rollup would."""
+    dbs.usage_daily().insert_many([dict(row) for row in rows])
+    dbs.usage_monthly().insert_many(monthly_rows(rows))
+    dbs.level("usage_org_daily").insert_many(summed(rows, False, "day"))
+    dbs.level("usage_org_monthly").insert_many(summed(rows, False, "month"))
+
+
+def clear_rows(dbs: Any) -> None:
+    for name in ("usage_daily", "usage_monthly", "usage_org_daily", "usage_org_monthly"):
+        dbs.level(name).delete_many({})

@@ -16,7 +16,7 @@ from api.app import create_app, csv_cell
 from etl import ledger
 from etl.db import Databases
 from etl.definition import of_settings
-from tests.factories import BOT_1, BOT_2, make_row, monthly_rows
+from tests.factories import BOT_1, BOT_2, clear_rows, make_row, store_rows
 
 NOW = datetime(2026, 11, 25, 12, 0)
 A, B, INTERNAL = "65e18830a0616000137bb854", "65e18830a0616000137bb855", "65e18830a0616000137bb8ff"
@@ -71,8 +71,7 @@ def cover(dbs: Databases, first: date, last: date) -> None:
 def api(make_dbs: Callable[..., Databases]) -> Iterator[Api]:
     dbs = make_dbs(internal_org_ids=[INTERNAL])
     cover(dbs, date(2026, 9, 1), date(2026, 11, 24))
-    dbs.usage_daily().insert_many([dict(row) for row in ROWS])
-    dbs.usage_monthly().insert_many(monthly_rows(ROWS))
+    store_rows(dbs, ROWS)
     dbs.source.organizations.insert_many(
         [{"_id": ObjectId(A), "name": "GIC"}, {"_id": B, "name": "Northwind"}]
     )
@@ -266,8 +265,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_quoted(
     orgs = [str(ObjectId()) for _ in names]
     dbs = make_dbs()
     rows = [make_row(org, BOT_1, "2026-10-05", n + 1) for n, org in enumerate(orgs)]
-    dbs.usage_daily().insert_many(rows)
-    dbs.usage_monthly().insert_many(monthly_rows(rows))
+    store_rows(dbs, rows)
     dbs.source.organizations.insert_many(
         [{"_id": ObjectId(org), "name": name} for org, name in zip(orgs, names, strict=True)]
     )
@@ -309,6 +307,9 @@ def test_a_new_run_invalidates_cached_responses(api: Api) -> None:
     api.dbs.usage_daily().update_one({"_id": ROWS[0]["_id"]}, {"$inc": {"conversations": 10}})
     api.dbs.usage_monthly().update_one(
         {"org_id": A, "month": "2026-10", "agent_id": BOT_1}, {"$inc": {"conversations": 10}}
+    )
+    api.dbs.level("usage_org_monthly").update_one(
+        {"org_id": A, "month": "2026-10"}, {"$inc": {"conversations": 10}}
     )
     assert api.usage() == before  # served from the cache: no run completed
     cover(api.dbs, date(2026, 11, 25), date(2026, 11, 25))
@@ -363,8 +364,7 @@ def test_the_page_cannot_be_framed_or_sniffed(api: Api) -> None:
 
 def test_api_answers_are_never_stored_by_a_cache(make_dbs: Callable[..., Databases]) -> None:
     dbs = make_dbs(cache_check_seconds=60)
-    dbs.usage_daily().insert_many([dict(row) for row in ROWS])
-    dbs.usage_monthly().insert_many(monthly_rows(ROWS))
+    store_rows(dbs, ROWS)
     add_run(dbs, "2026-11-24", datetime(2026, 11, 25, 2, 30))
     staff = {"Authorization": f"Bearer {auth.create_key(dbs.rollup, 's', None, NOW)[1]}"}
     path = "/api/aggregations/usage?start=2026-09-01&end=2026-10-31"
@@ -427,16 +427,14 @@ def test_warm_calls_are_answered_from_memory_per_key_until_a_new_run(
     make_dbs: Callable[..., Databases],
 ) -> None:
     dbs = make_dbs(cache_check_seconds=0.3)
-    dbs.usage_daily().insert_many([dict(row) for row in ROWS])
-    dbs.usage_monthly().insert_many(monthly_rows(ROWS))
+    store_rows(dbs, ROWS)
     add_run(dbs, "2026-11-24", datetime(2026, 11, 25, 2, 30))
     staff = {"Authorization": f"Bearer {auth.create_key(dbs.rollup, 's', None, NOW)[1]}"}
     customer = {"Authorization": f"Bearer {auth.create_key(dbs.rollup, 'c', B, NOW)[1]}"}
     path = "/api/aggregations/usage?start=2026-09-01&end=2026-10-31"
     with TestClient(create_app(dbs, clock=lambda: NOW)) as client:
         first = client.get(path, headers=staff).json()
-        dbs.usage_daily().delete_many({})
-        dbs.usage_monthly().delete_many({})
+        clear_rows(dbs)
         assert client.get(path, headers=staff).json() == first  # from memory
         theirs = client.get(path, headers=customer).json()  # another key: never staff's answer
         assert (theirs["scope"], theirs["org_id"], theirs["rows"]) == ("org", B, [])

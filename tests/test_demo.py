@@ -10,15 +10,14 @@ from etl.db import Databases
 from etl.demo import print_table
 from etl.jobs import utcnow
 from tests.commands import env_for, usage
-from tests.factories import BOT_1, make_request, make_row, monthly_rows
+from tests.factories import BOT_1, make_request, make_row, store_rows
 
 ORG_A, ORG_B = "65e18830a0616000137bb854", "65e18830a0616000137bb855"
 
 
 def test_organization_names_in_the_table_are_text_not_markup(dbs: Databases) -> None:
     rows = [make_row(ORG_A, BOT_1, "2026-10-05", 3), make_row(ORG_B, BOT_1, "2026-09-05", 2)]
-    dbs.usage_daily().insert_many(rows)
-    dbs.usage_monthly().insert_many(monthly_rows(rows))
+    store_rows(dbs, rows)
     dbs.source.organizations.insert_many(
         [
             {"_id": ObjectId(ORG_A), "name": "Northwind [/Retail]"},
