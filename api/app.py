@@ -5,7 +5,8 @@ import io
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -38,6 +39,7 @@ from etl.jobs import utcnow
 from etl.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
+MAX_LIMIT = 1000
 Metric = Literal["conversations", "messages", "handoffs"]
 
 
@@ -67,7 +69,11 @@ class UsageOut(BaseModel):
     metrics: list[str]
     buckets: list[BucketOut]
     rows: list[RowOut]
+    other: RowOut | None
     total: RowOut
+    total_rows: int
+    limit: int | None
+    offset: int
     data_from: str | None
     data_gaps: list[list[str]]
     data_through: str | None
@@ -174,6 +180,11 @@ async def usage_query(
     end: Annotated[str | None, Query(description="Last day, YYYY-MM-DD, inclusive")] = None,
     granularity: Annotated[GranularityChoice, Query()] = "auto",
     include_internal: Annotated[bool, Query(description="Staff only")] = False,
+    q: Annotated[
+        str | None, Query(max_length=100, description="Rows whose name or id contains this")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Rows per page")] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip")] = 0,
 ) -> UsageQuery:
     clock: Callable[[], datetime] = request.app.state.clock
     return resolve_query(
@@ -187,6 +198,9 @@ async def usage_query(
         principal=principal,
         today=rollup.local_today(clock(), service.settings),
         settings=service.settings,
+        q=q,
+        limit=limit,
+        offset=offset,
     )
 
 
@@ -207,15 +221,22 @@ def csv_cell(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-def csv_text(report: dict[str, Any], metric: str) -> str:
+def csv_lines(report: dict[str, Any], metric: str) -> Iterator[str]:
+    """The report as CSV, a line at a time: every row, then the total."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["id", "name", *[b["label"] for b in report["buckets"]], "total"])
+
+    def line(cells: list[Any]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(cells)
+        return buffer.getvalue()
+
+    yield line(["id", "name", *[b["label"] for b in report["buckets"]], "total"])
     for row in [*report["rows"], report["total"]]:
         cells = [cell[metric] for cell in row["buckets"]]
         names = [csv_cell(row["id"] or ""), csv_cell(row["name"])]
-        writer.writerow([*names, *cells, row["totals"][metric]])
-    return buffer.getvalue()
+        yield line([*names, *cells, row["totals"][metric]])
 
 
 def csv_filename(query: UsageQuery, metric: str) -> str:
@@ -299,11 +320,12 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
     def usage_csv(
         service: ServiceDep, query: QueryDep, metric: Metric = "conversations"
     ) -> Response:
-        """The same query as CSV: a line per row, a column per bucket, one metric."""
-        report = service.report(query)
+        """The same query as CSV: a line per row, a column per bucket, one metric; every
+        row matching `q`, whatever `limit` and `offset` say."""
+        report = service.report(replace(query, limit=None, offset=0))
         disposition = f'attachment; filename="{csv_filename(query, metric)}"'
-        return Response(
-            csv_text(report, metric),
+        return StreamingResponse(
+            csv_lines(report, metric),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": disposition},
         )

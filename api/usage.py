@@ -61,6 +61,10 @@ class UsageQuery:
     last: date
     granularity: Granularity
     include_internal: bool
+    # Paging of the rows (None: every row) and a case-insensitive name filter.
+    q: str | None = None
+    limit: int | None = None
+    offset: int = 0
 
 
 def parse_date(value: str | None, param: str) -> date | None:
@@ -84,6 +88,9 @@ def resolve_query(
     principal: Principal,
     today: date,
     settings: Settings,
+    q: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> UsageQuery:
     """Apply defaults, validation and the access rules to the raw parameters."""
     if not principal.is_staff:
@@ -134,6 +141,9 @@ def resolve_query(
         last=last,
         granularity=resolve_granularity(granularity, first, last),
         include_internal=include_internal,
+        q=q.strip().casefold() if q and q.strip() else None,
+        limit=limit,
+        offset=offset,
     )
 
 
@@ -266,6 +276,41 @@ def fold(
 
 
 @dataclass(frozen=True)
+class Page:
+    rows: list[Doc]
+    # The rows matching the filter that are not on this page, summed; None when there are none.
+    other: Doc | None
+    total: Doc
+    total_rows: int
+
+
+def sum_rows(rows: list[Doc], buckets: list[Bucket], name: str) -> Doc:
+    """A row (id None) that sums `rows`, bucket by bucket."""
+    cells = [zero() for _ in buckets]
+    for row in rows:
+        for cell, bucket_cell in zip(cells, row["buckets"], strict=True):
+            for metric in METRICS:
+                cell[metric] += int(bucket_cell[metric])
+    series = [{"key": b.key, **cell} for b, cell in zip(buckets, cells, strict=True)]
+    totals = {metric: sum(cell[metric] for cell in cells) for metric in METRICS}
+    return {"id": None, "name": name, "totals": totals, "buckets": series}
+
+
+def paginate(rows: list[Doc], total: Doc, buckets: list[Bucket], query: UsageQuery) -> Page:
+    """The rows matching `q` (in name or id), one page of them, and an `Other` row summing
+    the rest, so that page + Other = total, the total of every matching row."""
+    if query.q is not None:
+        needle = query.q
+        rows = [r for r in rows if needle in r["name"].casefold() or needle in (r["id"] or "")]
+        total = sum_rows(rows, buckets, "Total")
+    if query.limit is None:
+        return Page(rows[query.offset :], None, total, len(rows))
+    end = query.offset + query.limit
+    page, rest = rows[query.offset : end], rows[: query.offset] + rows[end:]
+    return Page(page, sum_rows(rest, buckets, "Other") if rest else None, total, len(rows))
+
+
+@dataclass(frozen=True)
 class Served:
     """What the API serves right now, as last read from the run records and the state."""
 
@@ -373,6 +418,7 @@ class UsageService:
             names[UNATTRIBUTED] = "Unattributed"
         always = (query.agent_id,) if query.agent_id else ()
         rows, total = fold(groups, buckets, names, always)
+        page = paginate(rows, total, buckets, query)
         definition = served.definition
         return {
             "scope": query.scope,
@@ -393,8 +439,12 @@ class UsageService:
                 }
                 for b in buckets
             ],
-            "rows": rows,
-            "total": total,
+            "rows": page.rows,
+            "other": page.other,
+            "total": page.total,
+            "total_rows": page.total_rows,
+            "limit": query.limit,
+            "offset": query.offset,
             "data_from": served.data_from.isoformat() if served.data_from else None,
             # Never computed: buckets within these show no data, not zero.
             "data_gaps": [

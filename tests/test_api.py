@@ -455,3 +455,88 @@ def test_days_never_computed_are_named_as_gaps_not_answered_as_zero(api: Api) ->
     assert clipped["data_gaps"] == []
     health = api.get("/api/health", None).json()
     assert health["data_from"] == "2026-05-01"
+
+
+@pytest.fixture
+def many(make_dbs: Callable[..., Databases]) -> Iterator[Api]:
+    """23 organizations, several tied on conversations, named North 0 … North 22."""
+    dbs = make_dbs()
+    orgs = [f"65e18830a0616000137b{n:04x}" for n in range(23)]
+    rows = [
+        make_row(org, BOT_1, f"2026-10-{1 + n % 20:02d}", 1 + n % 4, 10, n % 2)
+        for n, org in enumerate(orgs)
+    ]
+    store_rows(dbs, rows)
+    dbs.source.organizations.insert_many(
+        [{"_id": ObjectId(org), "name": f"North {n}"} for n, org in enumerate(orgs)]
+    )
+    with TestClient(create_app(dbs, clock=lambda: NOW)) as client:
+        yield Api(client, dbs)
+
+
+def test_pages_show_every_organization_once_in_a_stable_order_with_other_and_total(
+    many: Api,
+) -> None:
+    range_ = {"start": "2026-10-01", "end": "2026-10-31"}
+    conversations = {f"North {n}": 1 + n % 4 for n in range(23)}
+    order = sorted(conversations, key=lambda name: (-conversations[name], name))
+    seen: list[str] = []
+    for offset in range(0, 25, 5):
+        body = many.usage(limit=5, offset=offset, **range_)
+        assert body["total_rows"] == 23
+        assert body["total"]["totals"]["conversations"] == sum(conversations.values())
+        page = [row["name"] for row in body["rows"]]
+        seen += page
+        other = body["other"]["totals"]["conversations"] if body["other"] else 0
+        assert sum(conversations[name] for name in page) + other == sum(conversations.values())
+        if body["other"]:
+            for n, bucket in enumerate(body["other"]["buckets"]):
+                on_page = sum(row["buckets"][n]["conversations"] for row in body["rows"])
+                assert (
+                    bucket["conversations"] + on_page
+                    == body["total"]["buckets"][n]["conversations"]
+                )
+    assert seen == order
+    assert many.usage(limit=5, offset=5, **range_) == many.usage(limit=5, offset=5, **range_)
+
+
+def test_a_name_search_keeps_matching_rows_and_their_exact_total(many: Api) -> None:
+    body = many.usage(q="  nORTH 1", start="2026-10-01", end="2026-10-31")
+    names = {f"North {n}" for n in (1, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19)}
+    assert {row["name"] for row in body["rows"]} == names
+    assert body["total_rows"] == len(names)
+    assert body["total"]["totals"]["conversations"] == sum(1 + int(n[6:]) % 4 for n in names)
+    assert body["other"] is None
+    nothing = many.usage(q="south", start="2026-10-01", end="2026-10-31")
+    assert (
+        nothing["rows"],
+        nothing["total_rows"],
+        nothing["total"]["totals"]["conversations"],
+    ) == ([], 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 1001}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"q": "x" * 101}, "q"),
+    ],
+)
+def test_paging_parameters_out_of_bounds_get_422(
+    many: Api, params: dict[str, object], parameter: str
+) -> None:
+    response = many.get("/api/aggregations/usage", **params)
+    assert response.status_code == 422
+    assert response.json()["parameter"] == parameter
+
+
+def test_the_csv_export_holds_every_row_whatever_the_page(many: Api) -> None:
+    response = many.get(
+        "/api/aggregations/usage.csv", start="2026-10-01", end="2026-10-31", limit=5, offset=10
+    )
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    assert len(lines) == 1 + 23 + 1  # header, every organization, total
+    assert lines[-1].split(",")[-1] == str(sum(1 + n % 4 for n in range(23)))
