@@ -117,16 +117,28 @@ def month_filter(month: str) -> Doc:
 
 
 def derive_months(
-    dbs: Databases, generation: int, months: Iterable[str], session: ClientSession | None
+    dbs: Databases,
+    generation: int,
+    months: Iterable[str],
+    session: ClientSession | None,
+    days: list[str] | None = None,
 ) -> None:
-    """Rewrite every coarser level of `months` from the daily rows, never by differences."""
+    """Rewrite every coarser level of `months` from the daily rows, never by differences.
+
+    Given `days`, the levels by day are rewritten for those days only (the others of the
+    month did not change); the levels by month always for the whole month.
+    """
     daily = dbs.usage_daily(generation)
     for month in sorted(set(months)):
         rows = list(daily.find(month_filter(month), session=session))
         for level in lattice.LEVELS:
             stored = dbs.level(level.collection, generation)
-            stored.delete_many(level.of_month(month), session=session)
-            derived = lattice.summarize(rows, level)
+            selected, which = rows, level.of_month(month)
+            if days is not None and level.period == "day":
+                selected = [row for row in rows if row["day"] in days]
+                which = {"day": {"$in": [day for day in days if day[:7] == month]}}
+            stored.delete_many(which, session=session)
+            derived = lattice.summarize(selected, level)
             if derived:
                 stored.insert_many(derived, ordered=False, session=session)
 
@@ -163,7 +175,7 @@ def save_days(
         usage.delete_many({"day": {"$in": labels}}, session=session)
         if new_rows:
             usage.insert_many(new_rows, ordered=False, session=session)
-        derive_months(dbs, generation, {label[:7] for label in labels}, session)
+        derive_months(dbs, generation, {label[:7] for label in labels}, session, labels)
         ledger.stamp_days(dbs, generation, days, stamp, session)
         if target.served:
             ledger.bump(dbs.rollup, generation, session)
@@ -195,6 +207,22 @@ def in_transaction(session: ClientSession | None, write: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def split_by_rows(days: list[date], rows: list[int], bound: int) -> list[list[date]]:
+    """Consecutive groups of `days` of at most `bound` rows each, so that a transaction stays
+    well inside the server's limits; a day is never split, so a day with more rows than
+    `bound` is a group of its own, still replaced in one transaction."""
+    groups: list[list[date]] = []
+    size = 0
+    for day, count in zip(days, rows, strict=True):
+        if groups and size + count <= bound:
+            groups[-1].append(day)
+            size += count
+        else:
+            groups.append([day])
+            size = count
+    return groups
+
+
 def recompute(
     dbs: Databases,
     target: Target,
@@ -216,9 +244,11 @@ def recompute(
             on_read(read_started)
         by_day, stats = fetch_rows(dbs, first, last)
         batch = day_range(first, last)
-        stats.rows_written, stats.rows_removed = save_days(
-            dbs, target, batch, by_day, read_started, session
-        )
+        sizes = [len(by_day.get(day.isoformat(), [])) for day in batch]
+        for part in split_by_rows(batch, sizes, dbs.settings.transaction_rows):
+            written, removed = save_days(dbs, target, part, by_day, read_started, session)
+            stats.rows_written += written
+            stats.rows_removed += removed
         stats.days = len(batch)
         total.add(stats)
         if heartbeat:

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=300.0, ge=5)
     max_range_days: int = Field(default=366, ge=1)
     cache_entries: int = Field(default=512, ge=0)
+    # Rows replaced in one transaction, at most (a single day is never split).
+    transaction_rows: int = Field(default=20_000, ge=1)
     # How often the API looks for a newer completed run (and re-checks a cached key).
     cache_check_seconds: float = Field(default=2.0, ge=0)
 

@@ -250,3 +250,44 @@ def test_rollup_batches_never_cross_a_month() -> None:
         )
         == 4
     )
+
+
+@pytest.mark.parametrize(
+    ("rows", "bound", "groups"),
+    [
+        ([1, 1, 1], 10, [[0, 1, 2]]),
+        ([4, 4, 4], 8, [[0, 1], [2]]),
+        ([0, 0, 9, 0], 5, [[0, 1], [2], [3]]),  # a day over the bound stays whole, alone
+        ([5, 5, 5], 5, [[0], [1], [2]]),
+        ([], 5, []),
+    ],
+)
+def test_transactions_are_sized_by_rows_and_never_split_a_day(
+    rows: list[int], bound: int, groups: list[list[int]]
+) -> None:
+    days = [date(2026, 10, 1) + timedelta(days=n) for n in range(len(rows))]
+    split = rollup.split_by_rows(days, rows, bound)
+    assert [[days.index(day) for day in group] for group in split] == groups
+
+
+def test_a_day_with_many_groups_is_replaced_whole_in_bounded_transactions(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    dbs = make_dbs(transaction_rows=50)
+    orgs = [ObjectId() for _ in range(300)]  # 300 groups on one day, 3 on the next
+    dbs.source.requests.insert_many([make_request(id_organization=org) for org in orgs])
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=datetime(2026, 10, 15, 9), id_organization=org) for org in orgs[:3]]
+    )
+    result = backfill(dbs, "2026-10-13", "2026-10-16")
+    assert result.stats.rows_written == 303
+    assert dbs.usage_daily().count_documents({"day": DAY}) == 300
+    assert dbs.level("usage_org_daily").count_documents({"day": DAY}) == 300
+    (month,) = dbs.level("usage_org_monthly").aggregate(
+        [{"$group": {"_id": None, "n": {"$sum": "$conversations"}}}]
+    )
+    assert month["n"] == 303
+    dbs.source.requests.update_many({}, {"$set": {"isTestMode": True}})
+    backfill(dbs, "2026-10-13", "2026-10-16")
+    assert dbs.usage_daily().count_documents({}) == 0
+    assert dbs.level("usage_org_daily").count_documents({}) == 0

@@ -112,10 +112,14 @@ class World:
         return lambda: now
 
 
-@pytest.mark.parametrize(("seed", "transactions"), [(1, True), (2, True), (3, True), (4, False)])
+@pytest.mark.parametrize(
+    ("seed", "transactions", "rows"),
+    [(1, True, 20_000), (2, True, 20_000), (3, True, 2), (4, False, 20_000), (5, False, 2)],
+)
 def test_random_sequences_of_runs_leave_every_computed_day_exact(
-    dbs: Databases, seed: int, transactions: bool
+    make_dbs: Callable[..., Databases], seed: int, transactions: bool, rows: int
 ) -> None:
+    dbs = make_dbs(transaction_rows=rows)
     if transactions:
         play(dbs, seed)
         return
