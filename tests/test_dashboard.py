@@ -2,11 +2,13 @@
 
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
+from etl.db import Databases
 from tests.live import Live
 
 pytestmark = pytest.mark.browser
@@ -24,7 +26,13 @@ ARGS = [
 
 
 @pytest.fixture
-def page(live: Live) -> Iterator[object]:
+def page(live: Live, browser_page: object) -> object:
+    """A browser page, with the server over the sample data running."""
+    return browser_page
+
+
+@pytest.fixture
+def browser_page() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
@@ -172,3 +180,55 @@ def test_the_api_docs_render_with_nothing_from_elsewhere(page: object, live: Liv
     assert "Usage analytics" in page.inner_text(".swagger-ui .info .title")
     assert page.locator(".opblock").count() >= 3
     assert requested and all(url.startswith(live.base + "/") for url in requested), requested
+
+
+@pytest.fixture
+def crowd(dbs: Databases) -> Iterator[Live]:
+    """A real server over 260 organizations, one agent each, in the last six months."""
+    from bson import ObjectId
+
+    from api import auth
+    from api.server import make_server, start_in_thread
+    from etl.jobs import utcnow
+    from tests.conftest import free_port
+    from tests.factories import BOT_1, make_row, store_rows
+
+    today = utcnow().date()
+    day = (today.replace(day=1) - timedelta(days=20)).isoformat()  # last month
+    orgs = [str(ObjectId()) for _ in range(260)]
+    store_rows(dbs, [make_row(org, BOT_1, day, 1 + n % 7) for n, org in enumerate(orgs)])
+    dbs.source.organizations.insert_many(
+        [{"_id": ObjectId(org), "name": f"Org {n:03d}"} for n, org in enumerate(orgs)]
+    )
+    key = auth.create_key(dbs.rollup, "staff", None, utcnow())[1]
+    port = free_port()
+    server = make_server(dbs, "127.0.0.1", port, log_level="warning")
+    thread = start_in_thread(server)
+    yield Live(f"http://127.0.0.1:{port}", dbs, key, orgs[0], key)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_many_organizations_show_a_page_other_an_exact_total_search_and_more(
+    browser_page: object, crowd: Live
+) -> None:
+    page = browser_page
+    expected_total = sum(1 + n % 7 for n in range(260))
+    sign_in(page, crowd, crowd.key)
+    page.wait_for_selector("#table tbody tr.other")
+    assert page.locator("#table tbody tr.org").count() == 50
+    foot = page.locator("#table tfoot td").all_inner_texts()
+    assert numbers(foot[-1:]) == [expected_total]
+    other = page.locator("#table tbody tr.other td").all_inner_texts()
+    shown = sum(numbers([r[-1]])[0] for r in shown_rows(page))
+    assert other[0] == "Other (210)" and numbers(other[-1:]) == [expected_total - shown]
+    assert "Showing 50 of 260 organizations" in page.inner_text("#shown")
+    page.click("#more")
+    page.wait_for_function("document.querySelectorAll('#table tbody tr.org').length === 100")
+    page.fill("#search", "org 12")
+    page.wait_for_function("document.querySelectorAll('#table tbody tr.org').length === 10")
+    names = sorted(r[0] for r in shown_rows(page))
+    assert names == [f"Org {n}" for n in range(120, 130)]
+    assert page.locator("#table tbody tr.other").count() == 0
+    foot = page.locator("#table tfoot td").all_inner_texts()
+    assert numbers(foot[-1:]) == [sum(1 + n % 7 for n in range(120, 130))]

@@ -6,7 +6,13 @@ const API = "/api/aggregations/usage";
 const $ = (id) => document.getElementById(id);
 // expanded: organization id -> the agent rows shown under it (or its loading row);
 // agents: organization id -> its fetched agent report, kept while the range stays the same.
-const state = { report: null, metric: "conversations", expanded: new Map(), agents: new Map() };
+// limit: rows asked for (grows by PAGE with "Load more"); seq: the latest request, so that a
+// slow answer to an older one never redraws over a newer view.
+const PAGE = 50;
+const MAX_ROWS = 1000;
+const state = {
+  report: null, metric: "conversations", expanded: new Map(), agents: new Map(), limit: PAGE, seq: 0,
+};
 
 class HttpError extends Error {
   constructor(status, message) { super(message); this.status = status; }
@@ -60,7 +66,10 @@ function currentParams(extra) {
   const preset = $("preset").value;
   const [start, end] = preset === "custom" ? [$("start").value, $("end").value]
     : presetRange(preset, new Date());
-  const params = { scope: "platform", start, end, granularity: $("granularity").value };
+  const params = { scope: "platform", start, end, granularity: $("granularity").value,
+    limit: state.limit };
+  const q = $("search").value.trim();
+  if (q) params.q = q;
   return Object.assign(params, extra || {});
 }
 
@@ -79,19 +88,23 @@ function handleError(err) {
   showMessage(err.message);
 }
 
-async function load() {
+async function load(keepLimit) {
+  if (!keepLimit) state.limit = PAGE;
+  const seq = ++state.seq;
   showMessage("");
   $("loading").hidden = false;
-  state.expanded.clear();
-  state.agents.clear();
   try {
     const response = await request(API, currentParams());
-    state.report = await response.json();
+    const report = await response.json();
+    if (seq !== state.seq) return;  // a newer view was asked for meanwhile
+    state.expanded.clear();
+    state.agents.clear();
+    state.report = report;
     render();
   } catch (err) {
-    handleError(err);
+    if (seq === state.seq) handleError(err);
   } finally {
-    $("loading").hidden = true;
+    if (seq === state.seq) $("loading").hidden = true;
   }
 }
 
@@ -182,6 +195,17 @@ function render() {
     body.appendChild(tr);
   }
   report.rows.forEach((row) => body.appendChild(renderRow(row, report)));
+  if (report.other) {
+    const tr = document.createElement("tr");
+    tr.className = "other";
+    tr.appendChild(cell("td", "Other (" + fmt(report.total_rows - report.rows.length) + ")"));
+    rowCells(tr, report.other, report);
+    body.appendChild(tr);
+  }
+  const noun = report.scope === "platform" ? "organizations" : "agents";
+  $("shown").textContent = "Showing " + fmt(report.rows.length) + " of " + fmt(report.total_rows)
+    + " " + noun + (report.other ? "; the rest are summed as Other." : ".");
+  $("more").hidden = !report.other || state.limit >= MAX_ROWS;
   restoreExpanded(report);
   const total = document.createElement("tr");
   total.appendChild(cell("td", "Total"));
@@ -251,7 +275,7 @@ async function toggle(row, tr, button) {
     let agents = state.agents.get(row.id);
     if (!agents) {
       const params = { scope: "org", org_id: row.id, start: report.start, end: report.end,
-        granularity: report.granularity };
+        granularity: report.granularity, limit: MAX_ROWS };
       agents = await (await request(API, params)).json();
     }
     if (state.report !== report || state.expanded.get(row.id)?.[0] !== loading) return;
@@ -309,6 +333,8 @@ async function downloadCsv() {
     const params = { scope: report.scope, start: report.start, end: report.end,
       granularity: report.granularity, metric: state.metric };
     if (report.org_id) params.org_id = report.org_id;
+    const q = $("search").value.trim();
+    if (q) params.q = q;
     const response = await request(API + ".csv", params);
     const disposition = response.headers.get("Content-Disposition") || "";
     const match = /filename="([^"]+)"/.exec(disposition);
@@ -360,11 +386,20 @@ $("apply-range").addEventListener("click", () => {
   if (!$("start").value || !$("end").value) { showMessage("Choose both dates."); return; }
   load();
 });
-$("granularity").addEventListener("change", load);
+$("granularity").addEventListener("change", () => load());
 $("metric").addEventListener("change", (event) => {
   state.metric = event.target.value;
   if (state.report) render();
 });
 $("download").addEventListener("click", downloadCsv);
+$("more").addEventListener("click", () => {
+  state.limit = Math.min(MAX_ROWS, state.limit + PAGE);
+  load(true);
+});
+let searchTimer = null;
+$("search").addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => load(), 300);
+});
 
 if (apiKey()) start(); else showKeyForm("");
