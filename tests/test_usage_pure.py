@@ -1,0 +1,152 @@
+"""Pure parts of the usage API: resolving a query's parameters, folding rows, paging."""
+
+from dataclasses import replace
+from datetime import date
+from typing import Any
+
+import pytest
+
+from api.auth import Principal
+from api.buckets import make_buckets
+from api.usage import Forbidden, ParamError, UsageQuery, fold, paginate, resolve_query
+from etl.settings import Settings
+
+A, B = "65e18830a0616000137bb854", "65e18830a0616000137bb855"
+BOT = "6601aa00aa00aa00aa00aa01"
+TODAY = date(2026, 11, 25)
+STAFF = Principal("k1", "staff", None)
+CUSTOMER = Principal("k2", "GIC", A)
+SETTINGS = Settings(_env_file=None, mongodb_uri="mongodb://unused", max_range_days=366)
+
+
+def resolve(principal: Principal = STAFF, **given: Any) -> UsageQuery:
+    params: dict[str, Any] = {
+        "scope": "platform",
+        "org_id": None,
+        "agent_id": None,
+        "start": None,
+        "end": None,
+        "granularity": "auto",
+        "include_internal": False,
+    }
+    params.update(given)
+    return resolve_query(**params, principal=principal, today=TODAY, settings=SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("principal", "given", "expected"),
+    [
+        # Staff, platform default: six whole months, monthly.
+        (STAFF, {}, ("platform", None, None, "2026-05-01", "2026-10-31", "month")),
+        # Org default: the last 30 days, weekly; ids lowercased.
+        (
+            STAFF,
+            {"scope": "org", "org_id": A.upper()},
+            ("org", A, None, "2026-10-27", "2026-11-25", "week"),
+        ),
+        # An agent id in capitals is the same agent.
+        (
+            STAFF,
+            {"scope": "agent", "org_id": A, "agent_id": BOT.upper(), "start": "2026-11-20"},
+            ("agent", A, BOT, "2026-11-20", "2026-12-19", "week"),
+        ),
+        # A customer's platform request becomes its own organization's.
+        (CUSTOMER, {}, ("org", A, None, "2026-10-27", "2026-11-25", "week")),
+        # Only an end: the default length before it; seven days or fewer: daily.
+        (
+            STAFF,
+            {"scope": "org", "org_id": A, "end": "2026-11-07", "start": "2026-11-01"},
+            ("org", A, None, "2026-11-01", "2026-11-07", "day"),
+        ),
+    ],
+)
+def test_resolving_a_query(principal: Principal, given: dict[str, Any], expected: tuple) -> None:
+    query = resolve(principal, **given)
+    got = (
+        query.scope,
+        query.org_id,
+        query.agent_id,
+        query.first.isoformat(),
+        query.last.isoformat(),
+        query.granularity,
+    )
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("principal", "given", "error", "parameter"),
+    [
+        (STAFF, {"scope": "org"}, ParamError, "org_id"),
+        (STAFF, {"scope": "org", "org_id": "nope"}, ParamError, "org_id"),
+        (STAFF, {"scope": "agent", "org_id": A}, ParamError, "agent_id"),
+        (STAFF, {"scope": "agent", "org_id": A, "agent_id": "x"}, ParamError, "agent_id"),
+        (STAFF, {"start": "2026-11-02", "end": "2026-11-01"}, ParamError, "start"),
+        (STAFF, {"start": "2026/11/01"}, ParamError, "start"),
+        (STAFF, {"start": "2024-01-01", "end": "2026-01-01"}, ParamError, "end"),
+        (CUSTOMER, {"scope": "org", "org_id": B}, Forbidden, None),
+        (CUSTOMER, {"include_internal": True}, Forbidden, None),
+    ],
+)
+def test_bad_or_forbidden_queries_are_refused(
+    principal: Principal, given: dict[str, Any], error: type[Exception], parameter: str | None
+) -> None:
+    with pytest.raises(error) as raised:
+        resolve(principal, **given)
+    if parameter is not None:
+        assert isinstance(raised.value, ParamError) and raised.value.param == parameter
+
+
+BUCKETS = make_buckets(date(2026, 10, 1), date(2026, 11, 30), "month", 0)
+
+
+def group(row_id: str, month: str, conversations: int) -> dict[str, Any]:
+    return {
+        "_id": {"id": row_id, "b": month},
+        "conversations": conversations,
+        "messages": 10 * conversations,
+        "handoffs": 0,
+    }
+
+
+def test_fold_puts_every_bucket_in_every_row_and_sorts_by_conversations() -> None:
+    groups = [group(A, "2026-10", 2), group(B, "2026-11", 5), group(A, "2026-11", 1)]
+    rows, total = fold(groups, BUCKETS, {A: "GIC"}, always=(BOT,))
+    assert [(r["id"], r["name"], r["totals"]["conversations"]) for r in rows] == [
+        (B, B, 5),  # no name: the id
+        (A, "GIC", 3),
+        (BOT, BOT, 0),  # asked for, no activity: a row of zeros
+    ]
+    assert [cell["conversations"] for cell in rows[1]["buckets"]] == [2, 1]
+    assert total["totals"] == {"conversations": 8, "messages": 80, "handoffs": 0}
+    assert [cell["messages"] for cell in total["buckets"]] == [20, 60]
+
+
+@pytest.mark.parametrize(
+    ("limit", "offset", "q", "page", "other", "total", "count"),
+    [
+        (None, 0, None, ["r4", "r3", "r2", "r1"], None, 10, 4),
+        (2, 0, None, ["r4", "r3"], 3, 10, 4),
+        (2, 2, None, ["r2", "r1"], 7, 10, 4),
+        (2, 3, None, ["r1"], 9, 10, 4),
+        (5, 10, None, [], 10, 10, 4),
+        (None, 0, "row 2", ["r2"], None, 2, 1),
+        (1, 0, "ROW", ["r4"], 6, 10, 4),
+    ],
+)
+def test_a_page_and_other_always_add_up_to_the_total(
+    limit: int | None,
+    offset: int,
+    q: str | None,
+    page: list[str],
+    other: int | None,
+    total: int,
+    count: int,
+) -> None:
+    groups = [group(f"r{n}", "2026-10", n) for n in (1, 2, 3, 4)]
+    rows, all_rows = fold(groups, BUCKETS, {f"r{n}": f"Row {n}" for n in (1, 2, 3, 4)})
+    query = replace(resolve(), limit=limit, offset=offset, q=q.casefold() if q else None)
+    got = paginate(rows, all_rows, BUCKETS, query)
+    assert [row["id"] for row in got.rows] == page
+    assert (got.other["totals"]["conversations"] if got.other else None) == other
+    assert got.total["totals"]["conversations"] == total
+    assert got.total_rows == count
