@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,7 +33,7 @@ from api.usage import (
     read_served,
     resolve_query,
 )
-from etl import rollup, runs
+from etl import freshness, rollup, runs
 from etl.db import Databases, DatabaseUnavailable
 from etl.jobs import utcnow
 from etl.settings import Settings
@@ -83,6 +83,9 @@ class UsageOut(BaseModel):
 
 
 class HealthOut(BaseModel):
+    # ok, or why not: the same verdict as `usage status --check`.
+    status: Literal["ok", "stale", "failed", "never_ran", "unavailable"]
+    freshness: str
     database: Literal["ok", "unreachable"]
     generation: int | None = None
     definition: dict[str, Any] | None = None
@@ -332,20 +335,36 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
 
     @app.get("/api/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
     def health() -> JSONResponse:
-        """Database reachable, what is served (generation, definition, coverage), the last run."""
+        """Fresh, stale, failed or never ran (200); 503 only when the database is unreachable.
+
+        A stale rollup is still served correctly, labelled with its data_through: taking the
+        API out of a load balancer for it would only add an outage to a late run.
+        """
         try:
             dbs.ping()
             last = runs.recent_runs(dbs.rollup, 1)
             served = read_served(dbs)
+            nightly = freshness.last_nightly(dbs)
         except (DatabaseUnavailable, PyMongoError):
-            body = {"database": "unreachable", "data_through": None}
+            body = {"status": "unavailable", "freshness": "the database is unreachable"}
             return JSONResponse(
-                {**body, "last_run_status": None, "last_run_finished_at": None}, status_code=503
+                {
+                    **body,
+                    "database": "unreachable",
+                    "data_through": None,
+                    "last_run_status": None,
+                    "last_run_finished_at": None,
+                },
+                status_code=503,
             )
         run = last[0] if last else {}
         finished = run.get("finished_at")
+        lag = timedelta(hours=settings.max_lag_hours)
+        fresh = freshness.judge(nightly, served.data_through, clock(), settings.zone, lag)
         return JSONResponse(
             {
+                "status": fresh.status,
+                "freshness": fresh.line,
                 "database": "ok",
                 "generation": served.generation,
                 "definition": served.definition_doc(),

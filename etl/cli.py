@@ -207,11 +207,13 @@ def status(
         ),
     ] = False,
     max_lag: Annotated[
-        float,
+        float | None,
         typer.Option(
-            metavar="HOURS", min=0, help="With --check: how old the data may be, in hours."
+            metavar="HOURS",
+            min=0,
+            help="With --check: how old the data may be, in hours (USAGE_MAX_LAG_HOURS, 36).",
         ),
-    ] = freshness.DEFAULT_MAX_LAG_HOURS,
+    ] = None,
 ) -> None:
     """Show runs, coverage, data_through, the definition and the lock; --check: exit 0 or 1.
 
@@ -220,7 +222,8 @@ def status(
     settings = settings_of(ctx)
     if check:
         with databases(settings) as dbs:
-            fresh, line = freshness.check(dbs, utcnow(), timedelta(hours=max_lag))
+            lag = timedelta(hours=settings.max_lag_hours if max_lag is None else max_lag)
+            fresh, line = freshness.check(dbs, utcnow(), lag)
         out.print(line, markup=False, soft_wrap=True)
         raise typer.Exit(0 if fresh else 1)
     with databases(settings) as dbs:

@@ -1,6 +1,8 @@
-"""Is the rollup fresh? The check behind `usage status --check`, for cron, Nagios or a probe."""
+"""Is the rollup fresh? The check behind `usage status --check` and `/api/health`."""
 
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from pymongo import DESCENDING
@@ -9,9 +11,19 @@ from etl import runs
 from etl.db import Databases, Doc
 from etl.source import day_start_utc
 
-# With the nightly run at 02:15, the data is at most about 26 hours old; 36 leaves it ten
-# hours to be late before the check fails.
-DEFAULT_MAX_LAG_HOURS = 36.0
+Status = Literal["ok", "never_ran", "failed", "stale"]
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How fresh the rollup is, and one line saying why."""
+
+    status: Status
+    line: str
+
+    @property
+    def fresh(self) -> bool:
+        return self.status == "ok"
 
 
 def last_nightly(dbs: Databases) -> Doc | None:
@@ -21,26 +33,36 @@ def last_nightly(dbs: Databases) -> Doc | None:
     )
 
 
-def verdict(
+def judge(
     last: Doc | None, through: date | None, now: datetime, zone: ZoneInfo, max_lag: timedelta
-) -> tuple[bool, str]:
-    """(fresh, one line saying why) from the last nightly run and data_through at `now`."""
+) -> Freshness:
+    """The freshness of the rollup from the last nightly run and data_through at `now`."""
     if last is None:
-        return False, "never ran: no nightly run has ended yet"
+        return Freshness("never_ran", "never ran: no nightly run has ended yet")
     if last.get("status") != runs.OK:
         started = last.get("started_at")
         when = f" (started {started:%Y-%m-%d %H:%M} UTC)" if isinstance(started, datetime) else ""
         reason = " ".join(str(last.get("error") or "no error recorded").split())
-        return False, f"last nightly failed: it ended {last.get('status')}{when}: {reason}"
+        line = f"last nightly failed: it ended {last.get('status')}{when}: {reason}"
+        return Freshness("failed", line)
     if through is None:
-        return False, "never ran: no nightly run has completed a day"
+        return Freshness("never_ran", "never ran: no nightly run has completed a day")
     # The data is complete up to the end of `through` in the reporting timezone.
     age = now - day_start_utc(through + timedelta(days=1), zone)
     hours = age.total_seconds() / 3600
     limit = max_lag.total_seconds() / 3600
     if age > max_lag:
-        return False, f"stale since {through}: the data is {hours:.1f} hours old, over {limit:g}"
-    return True, f"ok: data through {through}, {hours:.1f} hours old, at most {limit:g}"
+        line = f"stale since {through}: the data is {hours:.1f} hours old, over {limit:g}"
+        return Freshness("stale", line)
+    return Freshness("ok", f"ok: data through {through}, {hours:.1f} hours old, at most {limit:g}")
+
+
+def verdict(
+    last: Doc | None, through: date | None, now: datetime, zone: ZoneInfo, max_lag: timedelta
+) -> tuple[bool, str]:
+    """(fresh, one line saying why): `judge` for a command's exit code and line."""
+    found = judge(last, through, now, zone, max_lag)
+    return found.fresh, found.line
 
 
 def check(dbs: Databases, now: datetime, max_lag: timedelta) -> tuple[bool, str]:

@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pymongo.read_preferences import read_pref_mode_from_name
 
 EMBEDDED = "embedded"
+# With the nightly run at 02:15, the data is at most about 26 hours old; 36 leaves it ten
+# hours to be late before the freshness check fails.
+DEFAULT_MAX_LAG_HOURS = 36.0
 OBJECT_ID_HEX = re.compile(r"[0-9a-f]{24}")
 
 Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
@@ -64,12 +67,25 @@ class Settings(BaseSettings):
     transaction_rows: int = Field(default=20_000, ge=1)
     # How often the API looks for a newer completed run (and re-checks a cached key).
     cache_check_seconds: float = Field(default=2.0, ge=0)
+    # Operability: the freshness threshold, logs and metrics (README, "Monitoring").
+    max_lag_hours: float = Field(default=DEFAULT_MAX_LAG_HOURS, gt=0)
+    log_format: Literal["text", "json"] | None = None
+    metrics_token: SecretStr | None = None
+    metrics_textfile: Path | None = None
+    pushgateway_url: str | None = None
 
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
         if value not in known_zones():
             raise ValueError(f"unknown IANA time zone {value!r}")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("use at least 16 characters")
         return value
 
     @field_validator("internal_org_ids", mode="before")

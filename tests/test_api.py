@@ -322,6 +322,8 @@ def test_a_new_run_invalidates_cached_responses(api: Api) -> None:
 def test_health_reports_the_database_and_the_last_run(api: Api) -> None:
     body = api.get("/api/health", None).json()
     assert body == {
+        "status": "ok",
+        "freshness": "ok: data through 2026-11-24, 12.0 hours old, at most 36",
         "database": "ok",
         "generation": 1,
         "definition": {
@@ -340,6 +342,44 @@ def test_health_reports_the_database_and_the_last_run(api: Api) -> None:
         "last_run_status": "ok",
         "last_run_finished_at": "2026-11-25T02:30:00Z",
     }
+
+
+@pytest.mark.parametrize(
+    ("runs", "now", "status", "starts"),
+    [
+        ([], NOW, "never_ran", "never ran"),
+        ([("ok", "2026-11-24")], datetime(2026, 11, 26, 12, 0), "ok", "ok: data through"),
+        ([("ok", "2026-11-24")], datetime(2026, 11, 26, 12, 1), "stale", "stale since 2026-11-24"),
+        ([("ok", "2026-11-24"), ("failed", None)], NOW, "failed", "last nightly failed"),
+    ],
+    ids=["never ran", "at the threshold", "past it", "last nightly failed"],
+)
+def test_health_says_whether_the_data_is_fresh_and_still_answers_200(
+    make_dbs: Callable[..., Databases],
+    runs: list[tuple[str, str | None]],
+    now: datetime,
+    status: str,
+    starts: str,
+) -> None:
+    dbs = make_dbs()
+    for n, (outcome, through) in enumerate(runs):
+        started = datetime(2026, 11, 25, 2, 15) + timedelta(minutes=n)
+        dbs.rollup.etl_runs.insert_one(
+            {"kind": "nightly", "status": outcome, "started_at": started, "finished_at": started}
+            | ({"complete_through": through} if through else {})
+        )
+    with TestClient(create_app(dbs, clock=lambda: now)) as client:
+        response = client.get("/api/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == status
+    assert response.json()["freshness"].startswith(starts)
+
+
+def test_health_uses_the_max_lag_setting(make_dbs: Callable[..., Databases]) -> None:
+    dbs = make_dbs(max_lag_hours=12)
+    add_run(dbs, "2026-11-24", datetime(2026, 11, 25, 2, 30))
+    with TestClient(create_app(dbs, clock=lambda: datetime(2026, 11, 25, 12, 1))) as client:
+        assert client.get("/api/health").json()["status"] == "stale"
 
 
 @pytest.mark.parametrize("path", ["/", "/api/health", "/docs", "/api/aggregations/usage"])
@@ -405,7 +445,8 @@ def test_an_unreachable_database_gets_503_not_500(
             usage = client.get("/api/aggregations/usage", headers=auth_header)
             assert usage.status_code == 503
             assert usage.json() == {"detail": "the database is unavailable; try again"}
-            assert client.get("/api/health").status_code == 503
+            health = client.get("/api/health")
+            assert (health.status_code, health.json()["status"]) == (503, "unavailable")
     finally:
         down.close()
 
