@@ -21,7 +21,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
-from api import auth
+from api import auth, metrics
 from api.buckets import GranularityChoice, Scope
 from api.edge import Edge
 from api.fastpath import FastPath
@@ -270,6 +270,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
     app.add_middleware(
         FastPath, service=app.state.service, principal_of=app.state.keys.cached, today=today
     )
+    metrics.install(app, app.state.service, settings, clock)  # outside: times fast answers too
     app.add_middleware(Edge)  # added last: outermost, so fast answers get its headers too
 
     @app.exception_handler(ParamError)

@@ -363,6 +363,9 @@ class UsageService:
         self._checked = 0.0
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
+        # For /metrics: plain counts, so a warm call pays no more than an addition.
+        self.hits = 0
+        self.misses = 0
 
     def _due(self) -> bool:
         return self._served is None or time.monotonic() - self._checked >= self.check_seconds
@@ -389,6 +392,7 @@ class UsageService:
             body = self._cache.get((key, served.token))
             if body is not None:
                 self._cache.move_to_end((key, served.token))
+                self.hits += 1
             return body
 
     def remember(self, key: CacheKey, served: Served, body: bytes) -> None:
@@ -399,6 +403,8 @@ class UsageService:
                     self._cache.popitem(last=False)
 
     def report_json(self, query: UsageQuery, served: Served) -> bytes:
+        """The response body, computed: what a call that missed the cache costs."""
+        self.misses += 1
         return json.dumps(self.report(query, served), separators=(",", ":")).encode()
 
     def report(self, query: UsageQuery, served: Served | None = None) -> Doc:
