@@ -15,6 +15,7 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import PyMongoError
 
 from etl import ledger, rollup, runs, verify
+from etl import metrics as run_metrics
 from etl.db import ROLLUP_COLLECTIONS, Databases, Doc, mask_uri, plain_error
 from etl.definition import Definition, DefinitionMismatch, of_settings
 from etl.rollup import Progress, Stats, Target, day_range, local_today
@@ -136,11 +137,13 @@ def execute(
 ) -> RunResult:
     """Take the lock, check the definition, record the run, write the planned days, record
     the outcome. A run whose settings differ from the stored definition writes nothing."""
-    with contextlib.ExitStack() as stack:
+    with run_metrics.measured(dbs.settings, kind) as found, contextlib.ExitStack() as stack:
         session = None
         if dbs.supports_transactions():  # asks the server: decided after connecting
             session = stack.enter_context(dbs.client.start_session())
-        return _locked_run(dbs, kind, now, clock, plan, progress, session)
+        result = _locked_run(dbs, kind, now, clock, plan, progress, session)
+        found.stats = result.stats
+        return result
 
 
 def _locked_run(
@@ -485,6 +488,21 @@ def verify_range(
 ) -> Verification:
     """Recount first..last from the source against the served rollup; with `repair`,
     recompute the drifted days and re-derive the drifted months in one recorded run."""
+    with run_metrics.measured(dbs.settings, "verify") as found:
+        result = _verify_range(dbs, first, last, now, clock, repair)
+        found.drifted_days = len(verify.drifted_days(result.drift))
+        found.drifted_months = len(result.months)
+        return result
+
+
+def _verify_range(
+    dbs: Databases,
+    first: date,
+    last: date,
+    now: datetime,
+    clock: Callable[[], datetime],
+    repair: bool,
+) -> Verification:
     wanted = of_settings(dbs.settings)
     state = ledger.read_state(dbs.rollup)
     if state is not None and state.definition != wanted:
