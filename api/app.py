@@ -2,6 +2,7 @@
 
 import csv
 import io
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -34,12 +35,13 @@ from api.usage import (
     resolve_query,
 )
 from etl import freshness, rollup, runs
-from etl.db import Databases, DatabaseUnavailable
+from etl.db import Databases, DatabaseUnavailable, plain_error
 from etl.jobs import utcnow
 from etl.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
 MAX_LIMIT = 1000
+log = logging.getLogger("usage.api")
 Metric = Literal["conversations", "messages", "handoffs"]
 
 
@@ -299,6 +301,10 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
 
     @app.exception_handler(PyMongoError)
     def database_down(request: Request, exc: PyMongoError) -> JSONResponse:
+        log.error(
+            "database unavailable",
+            extra={"path": request.url.path, "error": plain_error(exc, dbs.uri)},
+        )
         return JSONResponse({"detail": "the database is unavailable; try again"}, status_code=503)
 
     @app.get("/api/aggregations/usage", response_model=UsageOut, responses=ERRORS)

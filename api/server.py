@@ -4,14 +4,23 @@ import threading
 import time
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from api.app import create_app
 from etl.db import Databases
 
 
 def make_server(dbs: Databases, host: str, port: int, log_level: str = "info") -> uvicorn.Server:
+    # With USAGE_LOG_FORMAT, uvicorn's events go to the handler `etl.logs` set up, as the
+    # commands' do; without it, uvicorn prints its own lines for a person.
+    log_config = None if dbs.settings.log_format else LOGGING_CONFIG
     config = uvicorn.Config(
-        create_app(dbs), host=host, port=port, log_level=log_level, access_log=False
+        create_app(dbs),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        log_config=log_config,
     )
     return uvicorn.Server(config)
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 from rich.text import Text
 
-from etl import dates, freshness, ledger, rollup, runner, runs
+from etl import dates, freshness, ledger, logs, rollup, runner, runs
 from etl.db import Databases, DatabaseUnavailable, mask_uri, open_databases, plain_error
 from etl.definition import DefinitionMismatch
 from etl.jobs import utcnow
@@ -40,6 +40,7 @@ err = Console(stderr=True, highlight=False, emoji=False)
 EXIT_USAGE = 2
 EXIT_BUSY = 3
 EXIT_INTERRUPTED = 130
+log = logging.getLogger("usage.cli")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Context:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
+    log.error(message, extra={"exit_code": code, **logs.SHOWN})
     err.print(f"error: {message}", markup=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -123,6 +125,7 @@ def main_callback(ctx: typer.Context) -> None:
         ctx.obj = Context(load_settings())
     except SettingsError as exc:
         fail(str(exc), EXIT_USAGE)
+    logs.configure(ctx.obj.settings.log_format)
 
 
 @app.command(name="rollup")
@@ -503,7 +506,7 @@ def stop_on_sigterm(signum: int, frame: object) -> NoReturn:
 
 def main() -> None:
     """Entry point: usage errors print one line and exit 2, never a traceback."""
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    logs.configure(None)  # for a person until the settings say otherwise
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         code = app(standalone_mode=False)

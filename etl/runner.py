@@ -14,7 +14,7 @@ from typing import Any
 from pymongo.client_session import ClientSession
 from pymongo.errors import PyMongoError
 
-from etl import ledger, rollup, runs, verify
+from etl import ledger, logs, rollup, runs, verify
 from etl import metrics as run_metrics
 from etl.db import ROLLUP_COLLECTIONS, Databases, Doc, mask_uri, plain_error
 from etl.definition import Definition, DefinitionMismatch, of_settings
@@ -184,14 +184,16 @@ def _locked_run(
         if session is None:
             record["note"] = NO_TRANSACTIONS
         run_id = runs.start_run(dbs.rollup, record)
-        log.info("run started", extra={"run_id": str(run_id), "kind": kind})
         if session is None:
             log.warning(NO_TRANSACTIONS, extra={"run_id": str(run_id)})
+        event: Doc = {"run_id": str(run_id), "kind": kind, "range": None}
         try:
             work = plan(RunContext(run_id, state, wanted))
             days = work.days
             span = [days[0].isoformat(), days[-1].isoformat()] if days else None
             runs.update_run(dbs.rollup, run_id, {"range": span, **work.record})
+            event.update(range=span, days=len(days))
+            log.info("run started", extra=event)
             rollup.ensure_indexes(dbs, work.target.generation)
             stats = rollup.recompute(
                 dbs,
@@ -212,15 +214,14 @@ def _locked_run(
                 stats.skipped["bad_created_at"] += bad
             finished = work.finish() if work.finish else {}
         except BaseException as exc:
+            # Logged first: when the database is gone, the record cannot say it.
+            # The caller reports the error itself (the CLI in one line).
+            failed = {**event, "outcome": runs.FAILED, "error": describe(exc, dbs.uri)}
+            log.error("run failed", extra={**failed, **logs.SHOWN})
             runs.update_run(
                 dbs.rollup,
                 run_id,
                 {"status": runs.FAILED, "finished_at": clock(), "error": describe(exc, dbs.uri)},
-            )
-            # The record holds the error; the caller reports it (the CLI in one line).
-            log.info(
-                "run failed",
-                extra={"run_id": str(run_id), "kind": kind, "error": describe(exc, dbs.uri)},
             )
             raise
         through = work.complete_through
@@ -232,8 +233,9 @@ def _locked_run(
             **finished,
         }
         runs.update_run(dbs.rollup, run_id, outcome)
-        log.info("run finished", extra={"run_id": str(run_id), "kind": kind, "outcome": "ok"})
         seconds = time.monotonic() - started
+        done = {"outcome": runs.OK, "seconds": round(seconds, 3), **stats.as_record()}
+        log.info("run finished", extra={**event, **done})
         return RunResult(run_id, stats, days, seconds, {**record, **work.record, **outcome})
     finally:
         lease.release()
@@ -488,11 +490,20 @@ def verify_range(
 ) -> Verification:
     """Recount first..last from the source against the served rollup; with `repair`,
     recompute the drifted days and re-derive the drifted months in one recorded run."""
+    event: Doc = {"kind": "verify", "range": [first.isoformat(), last.isoformat()]}
+    log.info("verify started", extra=event)
     with run_metrics.measured(dbs.settings, "verify") as found:
-        result = _verify_range(dbs, first, last, now, clock, repair)
+        try:
+            result = _verify_range(dbs, first, last, now, clock, repair)
+        except BaseException as exc:
+            failed = {**event, "outcome": runs.FAILED, "error": describe(exc, dbs.uri)}
+            log.error("verify failed", extra={**failed, **logs.SHOWN})
+            raise
         found.drifted_days = len(verify.drifted_days(result.drift))
         found.drifted_months = len(result.months)
-        return result
+    drift = {"drifted_days": found.drifted_days, "drifted_months": found.drifted_months}
+    log.info("verify finished", extra={**event, "outcome": runs.OK, **drift})
+    return result
 
 
 def _verify_range(
