@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash .ci/need-chromium
+	bash .ci/need "the metrics tests" "prometheus prometheus-pushgateway promtool" "prometheus prometheus-pushgateway"
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -29,4 +30,5 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format etl api tests
 
 bench: $(STAMP)
+	bash .ci/need "the benchmark" wrk wrk
 	$(PY) -m tests.bench.bench --size $(or $(SIZE),standard)

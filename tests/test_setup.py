@@ -1,4 +1,4 @@
-"""`make test` gets Chromium for the browser tests itself, or says at once what to install."""
+"""`make test` and `make bench` get what they need themselves, or say at once what to install."""
 
 import shutil
 import subprocess
@@ -69,3 +69,30 @@ def test_a_missing_browser_is_installed_as_root(repo_root: Path, tmp_path: Path)
         "update -q",
         "install -y -q --no-install-recommends chromium fonts-dejavu-core",
     ]
+
+
+def test_the_metrics_tools_name_what_is_missing_and_the_packages(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    fake_command(tmp_path, "id", "echo 1000")
+    fake_command(tmp_path, "prometheus", "exit 0")
+    result = subprocess.run(
+        [BASH, str(repo_root / ".ci" / "need"), "the metrics tests", "prometheus promtool", "p q"],
+        env={"PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: the metrics tests need promtool: as root, "
+        "apt-get install -y --no-install-recommends p q\n",
+    )
+
+
+def test_make_test_and_make_bench_get_what_they_need(repo_root: Path) -> None:
+    makefile = (repo_root / "Makefile").read_text()
+    test, bench = makefile.split("\ntest:")[1], makefile.split("\nbench:")[1]
+    assert ".ci/need-chromium" in test.split("pytest")[0]
+    assert "prometheus prometheus-pushgateway" in test.split("pytest")[0]
+    assert ".ci/need" in bench and "wrk" in bench
