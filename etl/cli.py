@@ -404,8 +404,8 @@ def serve(
     from api.server import serve_forever
 
     settings = settings_of(ctx)
-    with databases(settings) as dbs:
-        serve_forever(dbs, host, port)
+    with databases(settings) as dbs, contextlib.suppress(KeyboardInterrupt):
+        serve_forever(dbs, host, port)  # stopping a server is no interruption to redo
 
 
 @app.command()

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 from pymongo import DESCENDING
 
-from etl import runs
+from etl import ledger, runs
 from etl.db import Databases, Doc
 from etl.source import day_start_utc
 
@@ -67,6 +67,6 @@ def verdict(
 
 def check(dbs: Databases, now: datetime, max_lag: timedelta) -> tuple[bool, str]:
     """The verdict on the rollup in `dbs` at `now`."""
-    return verdict(
-        last_nightly(dbs), runs.data_through(dbs.rollup), now, dbs.settings.zone, max_lag
-    )
+    # What the API serves: the served generation's data_through.
+    through = ledger.data_through(dbs, ledger.read_state(dbs.rollup))
+    return verdict(last_nightly(dbs), through, now, dbs.settings.zone, max_lag)
