@@ -441,7 +441,7 @@ def keys_create(
     settings = settings_of(ctx)
     org_id = org.lower() if org else None
     with databases(settings) as dbs:
-        collection = settings.org_names_collection
+        collection = settings.org_names
         if org_id is not None and not auth.org_exists(dbs.source, collection, org_id):
             err.print(
                 f"warning: no organization {org_id} in {settings.source_db}.{collection}; "
