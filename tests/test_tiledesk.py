@@ -15,10 +15,13 @@ from bson import ObjectId, json_util
 
 from api.auth import Principal
 from api.usage import UsageService, resolve_query
-from etl import indexes, runner
+from etl import indexes, runner, vanilla_sample
 from etl.db import Databases
 from etl.definition import DefinitionMismatch, of_settings
+from etl.demo import demo_settings
+from etl.sample import SampleSpec
 from etl.settings import Settings
+from tests.commands import one_line, usage
 from tests.factories import (
     BOT_1,
     BOT_2,
@@ -295,3 +298,44 @@ def test_unplaceable_vanilla_conversations_are_skipped_by_reason(
     result = runner.run_nightly(dbs, night, at(night))
     # Only the one with more than 2 messages would have been billable.
     assert result.stats.skipped == {"bad_created_at": 1}
+
+
+def test_the_tiledesk_demo_keeps_to_databases_of_its_own() -> None:
+    base = Settings(_env_file=None)
+    vanilla = demo_settings(base, "tiledesk")
+    assert (vanilla.source_profile, vanilla.source_db, vanilla.rollup_db_name) == (
+        "tiledesk",
+        "tiledesk_vanilla",
+        "tiledesk_vanilla",
+    )
+    assert demo_settings(base, None) == base
+    configured = Settings(_env_file=None, source_profile="tiledesk", rollup_db="usage")
+    assert demo_settings(configured, None).rollup_db_name == "usage_vanilla"
+
+
+def test_the_vanilla_sample_has_the_fixtures_shape_and_is_counted(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    dbs = make_dbs(source_profile="tiledesk")
+    spec = SampleSpec(organizations=2, internal=0, agents_per_org=2, per_day=12, days=6)
+    now = datetime(2026, 10, 20, 12, 0)
+    loaded = vanilla_sample.load(dbs, spec, now)
+    requests = list(dbs.source.requests.find())
+    assert len(requests) == loaded
+    handed_over = [r for r in requests if r["participantsAgents"]]
+    assert handed_over and all(r["participantsBots"] == [] for r in handed_over)
+    assert all(r["snapshot"]["department"]["id_bot"] for r in handed_over)
+    assert dbs.source.messages.count_documents({"sender": "system"}) > 0
+    assert dbs.source.messages.count_documents({"sender": {"$regex": "^bot_"}}) > 0
+    assert {p["name"] for p in dbs.source.projects.find()} == {"GIC", "Northwind Retail"}
+    result = backfill(dbs, "2026-10-14", "2026-10-19", now)
+    assert result.stats.conversations > 0
+    agents = {row["agent_id"] for row in dbs.usage_daily().find()}
+    bots = {str(bot["_id"]) for bot in dbs.source.faq_kbs.find()}
+    assert agents and agents <= bots  # every conversation keeps its department's bot
+
+
+def test_an_unknown_profile_stops_start_up_in_one_line() -> None:
+    result = usage("status", env={"USAGE_SOURCE_PROFILE": "vanilla"})
+    assert result.returncode == 2
+    assert "USAGE_SOURCE_PROFILE" in one_line(result.stderr)
