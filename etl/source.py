@@ -171,15 +171,17 @@ def _first_bot() -> dict[str, Any]:
         "$let": {
             "vars": {"bot": first},
             "in": {
+                # Nested, not `$and`: string operators fail on other types.
                 "$cond": [
+                    {"$ne": [{"$type": "$$bot"}, "string"]},
+                    "$$bot",
                     {
-                        "$and": [
-                            {"$eq": [{"$type": "$$bot"}, "string"]},
+                        "$cond": [
                             {"$eq": [{"$indexOfCP": ["$$bot", prefix]}, 0]},
+                            {"$substrCP": ["$$bot", len(prefix), {"$strLenCP": "$$bot"}]},
+                            "$$bot",
                         ]
                     },
-                    {"$substrCP": ["$$bot", len(prefix), {"$strLenCP": "$$bot"}]},
-                    "$$bot",
                 ]
             },
         }

@@ -184,6 +184,7 @@ def test_attribution_and_organization_in_vanilla_shape(
         "prefixed": {**no_department, "participantsBots": [f"bot_{BOT_2}"]},
         "blank-bot": {"snapshot": {"department": {"id_bot": " "}}, "participantsBots": []},
         "junk-snapshot": {"snapshot": "x", "participantsBots": "x"},
+        "number-bot": {**no_department, "participantsBots": [7]},
         "oid-project": {"id_project": ObjectId(PROJECT_A)},
         "upper-project": {"id_project": PROJECT_A.upper()},
         "not-an-id": {"id_project": "proj1"},
@@ -201,11 +202,11 @@ def test_attribution_and_organization_in_vanilla_shape(
     result = backfill(dbs, DAY, DAY, NOW)
     # BOT_1: handed-over, oid-project, upper-project, not-draft = 4, one handoff;
     # BOT_2: upper-bot, oid-bot, participant, prefixed = 4; unattributed: blank-bot,
-    # junk-snapshot = 2. Skipped: not-an-id, no-project. Not counted: draft, open.
+    # junk-snapshot, number-bot = 3. Skipped: not-an-id, no-project. Not counted: draft, open.
     assert measures(dbs) == {
         (PROJECT_A, BOT_1, DAY): (4, 12, 1),
         (PROJECT_A, BOT_2, DAY): (4, 12, 0),
-        (PROJECT_A, "unattributed", DAY): (2, 6, 0),
+        (PROJECT_A, "unattributed", DAY): (3, 9, 0),
     }
     assert result.stats.skipped == {"no_organization": 2}
 
