@@ -418,7 +418,7 @@ class UsageService:
         # Names only for rows with data in what the key may see: an agent id of another
         # organization asked for by name gets its id back, never the other's name.
         if query.scope == "platform":
-            names = fetch_names(self.dbs.source, settings.org_names_collection, active)
+            names = fetch_names(self.dbs.source, settings.org_names, active)
         else:
             names = fetch_names(self.dbs.source, settings.agent_names_collection, active)
             names[UNATTRIBUTED] = "Unattributed"

@@ -22,6 +22,7 @@ from etl import dates, freshness, ledger, logs, rollup, runner, runs
 from etl.db import Databases, DatabaseUnavailable, mask_uri, open_databases, plain_error
 from etl.definition import DefinitionMismatch
 from etl.jobs import utcnow
+from etl.profiles import ProfileName
 from etl.settings import EMBEDDED, Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -413,14 +414,20 @@ def demo(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(help="Port for the API and dashboard.")] = 8000,
     no_serve: Annotated[bool, typer.Option("--no-serve", help="Stop after the table.")] = False,
+    profile: Annotated[
+        ProfileName | None,
+        typer.Option(
+            help="Source profile of the sample; tiledesk uses databases named with _vanilla."
+        ),
+    ] = None,
 ) -> None:
     """Load sample data into the embedded server, roll it up, print a table, serve the API.
 
-    Example: usage demo --port 8000
+    Example: usage demo --port 8000 --profile tiledesk
     """
     from etl import demo as demo_run
 
-    settings = settings_of(ctx)
+    settings = demo_run.demo_settings(settings_of(ctx), profile)
     with databases(settings) as dbs:
         demo_run.run(dbs, out, progress_bar, utcnow(), port, serve=not no_serve)
 
@@ -447,7 +454,7 @@ def keys_create(
     settings = settings_of(ctx)
     org_id = org.lower() if org else None
     with databases(settings) as dbs:
-        collection = settings.org_names_collection
+        collection = settings.org_names
         if org_id is not None and not auth.org_exists(dbs.source, collection, org_id):
             err.print(
                 f"warning: no organization {org_id} in {settings.source_db}.{collection}; "

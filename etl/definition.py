@@ -5,14 +5,16 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from etl.profiles import DEPLOYMENT
 from etl.settings import Settings
 
 # Raised whenever the pipeline's meaning changes, so rows computed before cannot mix with
 # rows computed after. 2: agent ids normalized like organization ids; depths that are not
-# whole numbers skipped as bad_depth.
+# whole numbers skipped as bad_depth. The tiledesk profile's rules (which messages count)
+# are part of this meaning too.
 PIPELINE_VERSION = 2
-ATTRIBUTION = "attributes.bot_id, else unattributed"
-SKIP_RULES = "no_organization, bad_created_at, bad_depth, depth_out_of_range"
+ATTRIBUTION = DEPLOYMENT.attribution
+SKIP_RULES = DEPLOYMENT.skip_rules
 
 LABELS = {
     "timezone": "timezone",
@@ -58,6 +60,9 @@ def of_settings(settings: Settings) -> Definition:
         billable_status=settings.billable_status,
         billable_min_depth=settings.billable_min_depth,
         exclude_test_mode=settings.exclude_test_mode,
+        profile=settings.source_profile,
+        attribution=settings.profile.attribution,
+        skip_rules=settings.profile.skip_rules,
     )
 
 

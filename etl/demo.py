@@ -10,12 +10,32 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from etl import indexes, ledger, rollup, runner, sample
+from etl import indexes, ledger, rollup, runner, sample, vanilla_sample
 from etl.db import Databases
 from etl.definition import of_settings
 from etl.jobs import utcnow
+from etl.profiles import ProfileName
+from etl.settings import Settings
 
 ProgressBar = Callable[[int, str], AbstractContextManager[rollup.Progress]]
+# The tiledesk demo keeps to databases of its own, so that it never meets the deployment
+# demo's data (its definition would differ and the rollup would be rebuilt each time).
+VANILLA_SUFFIX = "_vanilla"
+
+
+def demo_settings(settings: Settings, profile: ProfileName | None) -> Settings:
+    """The settings the demo runs under: `profile` (else the configured one), and for the
+    tiledesk profile databases named with `_vanilla`."""
+    chosen = profile or settings.source_profile
+    if chosen == "deployment":
+        return settings.model_copy(update={"source_profile": chosen})
+    return settings.model_copy(
+        update={
+            "source_profile": chosen,
+            "source_db": settings.source_db + VANILLA_SUFFIX,
+            "rollup_db": settings.rollup_db_name + VANILLA_SUFFIX,
+        }
+    )
 
 
 def run(
@@ -32,7 +52,10 @@ def run(
             f"loading sample data ({spec.days} days up to now) into {dbs.settings.source_db}",
             markup=False,
         )
-        count = sample.load_sample(dbs, spec, now)
+        if dbs.settings.source_profile == "tiledesk":
+            count = vanilla_sample.load(dbs, spec, now)
+        else:
+            count = sample.load_sample(dbs, spec, now)
         out.print(f"loaded {count} conversations")
     if not dbs.settings.internal_org_ids:
         dbs.settings = dbs.settings.model_copy(update={"internal_org_ids": made.internal_ids})
@@ -76,9 +99,14 @@ def run(
     key_id, secret = auth.create_key(dbs.rollup, "demo staff key", None, utcnow())
     out.print(f"\ndashboard: http://127.0.0.1:{port}/  (API docs at /docs)", markup=False)
     out.print(f"staff API key {key_id}, paste it into the page: {secret}", markup=False)
-    out.print(
-        f"other terminals: export USAGE_MONGODB_URI={dbs.uri}  (while this runs)", markup=False
-    )
+    exports = f"USAGE_MONGODB_URI={dbs.uri}"
+    if dbs.settings.source_profile != "deployment":
+        exports += (
+            f" USAGE_SOURCE_PROFILE={dbs.settings.source_profile}"
+            f" USAGE_SOURCE_DB={dbs.settings.source_db}"
+            f" USAGE_ROLLUP_DB={dbs.settings.rollup_db_name}"
+        )
+    out.print(f"other terminals: export {exports}  (while this runs)", markup=False)
     from api.server import serve_forever
 
     serve_forever(dbs, "127.0.0.1", port)

@@ -164,7 +164,7 @@ def malformed(rng: random.Random, sample: Sample, start: datetime, now: datetime
 def load_sample(dbs: Databases, spec: SampleSpec, now: datetime, batch: int = 5000) -> int:
     """Insert the sample into the source database; return the number of requests."""
     sample = make_sample(spec)
-    dbs.source[dbs.settings.org_names_collection].insert_many(sample.organizations)
+    dbs.source[dbs.settings.org_names].insert_many(sample.organizations)
     dbs.source[dbs.settings.agent_names_collection].insert_many(sample.bots)
     requests = dbs.source["requests"]
     total = 0

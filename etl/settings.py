@@ -11,6 +11,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pymongo.read_preferences import read_pref_mode_from_name
 
+from etl.profiles import PROFILES, Profile, ProfileName
+
 EMBEDDED = "embedded"
 # With the nightly run at 02:15, the data is at most about 26 hours old; 36 leaves it ten
 # hours to be late before the freshness check fails.
@@ -47,6 +49,7 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path(".data")
     source_db: str = "tiledesk"
+    source_profile: ProfileName = "deployment"
     rollup_db: str | None = None
     timezone: str = "UTC"
     lookback_days: int = Field(default=3, ge=0, le=366)
@@ -55,7 +58,8 @@ class Settings(BaseSettings):
     exclude_test_mode: bool = True
     internal_org_ids: Annotated[list[str], NoDecode] = []
     week_start: Weekday = "monday"
-    org_names_collection: str = "organizations"
+    # None: the profile's (`organizations`, or `projects` for vanilla Tiledesk).
+    org_names_collection: str | None = None
     agent_names_collection: str = "faq_kbs"
     server_selection_timeout_ms: int = Field(default=5000, ge=100)
     read_preference: str = "secondaryPreferred"
@@ -122,6 +126,15 @@ class Settings(BaseSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def profile(self) -> Profile:
+        return PROFILES[self.source_profile]
+
+    @property
+    def org_names(self) -> str:
+        """The collection organization names are read from."""
+        return self.org_names_collection or self.profile.org_names
 
     @property
     def rollup_db_name(self) -> str:

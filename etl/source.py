@@ -4,6 +4,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from etl.profiles import INFO_SUBTYPE, SYSTEM_SENDER, Profile
 from etl.settings import Settings
 
 UNATTRIBUTED = "unattributed"
@@ -26,6 +27,7 @@ def utc_range(first: date, last: date, zone: ZoneInfo) -> tuple[datetime, dateti
 
 
 def billable_match(settings: Settings) -> dict[str, Any]:
+    """The deployment profile's billable filter, all on the request's own fields."""
     match: dict[str, Any] = {
         "status": settings.billable_status,
         "depth": {"$gt": settings.billable_min_depth},
@@ -35,8 +37,58 @@ def billable_match(settings: Settings) -> dict[str, Any]:
     return match
 
 
-def _organization_expr() -> dict[str, Any]:
-    org = "$id_organization"
+def message_count_stages() -> list[dict[str, Any]]:
+    """Set `depth` to the number of the request's messages that count (tiledesk profile).
+
+    A message counts unless the system wrote it (see `etl.profiles`). The equality of
+    `request_id` and `recipient` uses an index on `messages.recipient` (the concise form of
+    `$lookup`, MongoDB 5.0 or later; the `let`/`$expr` form is far slower on the embedded
+    server). A request without a `request_id` would match messages without a `recipient`:
+    only string recipients count.
+    """
+    real = {
+        "recipient": {"$type": "string"},
+        "sender": {"$ne": SYSTEM_SENDER},
+        "attributes.subtype": {"$not": {"$regex": INFO_SUBTYPE}},
+    }
+    return [
+        {
+            "$lookup": {
+                "from": "messages",
+                "localField": "request_id",
+                "foreignField": "recipient",
+                "pipeline": [{"$match": real}, {"$project": {"_id": 1}}],
+                "as": "counted",
+            }
+        },
+        {"$addFields": {"depth": {"$size": "$counted"}}},
+        {"$project": {"counted": 0}},
+    ]
+
+
+def billable_stages(
+    settings: Settings, where: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The stages keeping billable conversations (and `where`), leaving their length in `depth`.
+
+    For the tiledesk profile the cheap conditions come first, so that messages are counted
+    only for closed conversations that are not tests.
+    """
+    where = where or {}
+    if settings.profile.length == "depth":
+        return [{"$match": {**billable_match(settings), **where}}]
+    match: dict[str, Any] = {"status": settings.billable_status}
+    if settings.exclude_test_mode:
+        match[settings.profile.test_flag] = {"$ne": True}
+    return [
+        {"$match": {**match, **where}},
+        *message_count_stages(),
+        {"$match": {"depth": {"$gt": settings.billable_min_depth}}},
+    ]
+
+
+def _organization_expr(field: str) -> dict[str, Any]:
+    org = f"${field}"
     return {
         "$switch": {
             "branches": [
@@ -58,12 +110,12 @@ def _organization_expr() -> dict[str, Any]:
     }
 
 
-def _agent_expr() -> dict[str, Any]:
-    # `attributes` may be absent, a string or an array; only an object's bot_id is an agent.
-    bot = {"$cond": [{"$eq": [{"$type": "$attributes"}, "object"]}, "$attributes.bot_id", None]}
+def _agent_id(value: Any, absent: str | None) -> dict[str, Any]:
+    """`value` as an agent id: an ObjectId or hex string lowercased, another string trimmed;
+    `absent` when it names no agent."""
     return {
         "$let": {
-            "vars": {"bot": bot},
+            "vars": {"bot": value},
             "in": {
                 "$switch": {
                     "branches": [
@@ -81,7 +133,7 @@ def _agent_expr() -> dict[str, Any]:
                                             "branches": [
                                                 {
                                                     "case": {"$eq": ["$$id", ""]},
-                                                    "then": UNATTRIBUTED,
+                                                    "then": absent,
                                                 },
                                                 # An ObjectId in hex names one agent
                                                 # whatever its letter case.
@@ -102,17 +154,71 @@ def _agent_expr() -> dict[str, Any]:
                             },
                         },
                     ],
-                    "default": UNATTRIBUTED,
+                    "default": absent,
                 }
             },
         }
     }
 
 
+def _first_bot() -> dict[str, Any]:
+    """The first of `participantsBots`, without the `bot_` prefix that `participants` and
+    message senders carry (vanilla stores the list without it; a prefixed id is the same bot)."""
+    bots = "$participantsBots"
+    first = {"$arrayElemAt": [{"$cond": [{"$isArray": bots}, bots, []]}, 0]}
+    prefix = "bot_"
+    return {
+        "$let": {
+            "vars": {"bot": first},
+            "in": {
+                # Nested, not `$and`: string operators fail on other types.
+                "$cond": [
+                    {"$ne": [{"$type": "$$bot"}, "string"]},
+                    "$$bot",
+                    {
+                        "$cond": [
+                            {"$eq": [{"$indexOfCP": ["$$bot", prefix]}, 0]},
+                            {"$substrCP": ["$$bot", len(prefix), {"$strLenCP": "$$bot"}]},
+                            "$$bot",
+                        ]
+                    },
+                ]
+            },
+        }
+    }
+
+
+def _agent_expr(profile: Profile) -> dict[str, Any]:
+    if profile.name == "tiledesk":
+        # The department snapshot keeps the bot after a handoff empties participantsBots.
+        department_bot = _agent_id("$snapshot.department.id_bot", None)
+        return {
+            "$ifNull": [department_bot, {"$ifNull": [_agent_id(_first_bot(), None), UNATTRIBUTED]}]
+        }
+    # `attributes` may be absent, a string or an array; only an object's bot_id is an agent.
+    bot = {"$cond": [{"$eq": [{"$type": "$attributes"}, "object"]}, "$attributes.bot_id", None]}
+    return _agent_id(bot, UNATTRIBUTED)
+
+
 def _handoff_expr() -> dict[str, Any]:
     agents = "$participantsAgents"
     joined = {"$size": {"$cond": [{"$isArray": agents}, agents, []]}}
     return {"$cond": [{"$gt": [joined, 0]}, 1, 0]}
+
+
+def _depth_skips() -> list[dict[str, Any]]:
+    """Why a stored `depth` cannot be a message count; a counted one always is."""
+    return [
+        # `depth: {$gt: 2}` also matches an array holding such a number.
+        {"case": {"$not": [{"$isNumber": "$depth"}]}, "then": "bad_depth"},
+        {"case": {"$gt": ["$depth", MAX_DEPTH]}, "then": "depth_out_of_range"},
+        # A message count is whole; 2.5 would pass the filter and then
+        # add a truncated 2 to messages.
+        {
+            "case": {"$ne": ["$depth", {"$floor": "$depth"}]},
+            "then": "bad_depth",
+        },
+    ]
 
 
 def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[str, Any]]:
@@ -122,10 +228,11 @@ def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[st
     `skip` names why a group cannot be counted (None when it can).
     """
     start, end = utc_range(first, last, settings.zone)
+    profile = settings.profile
     return [
         # The createdAt range alone comes first so that every planner can use its index.
         {"$match": {"createdAt": {"$gte": start, "$lt": end}}},
-        {"$match": billable_match(settings)},
+        *billable_stages(settings),
         {
             "$project": {
                 "_id": 0,
@@ -143,8 +250,8 @@ def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[st
                         None,
                     ]
                 },
-                "org": _organization_expr(),
-                "agent": _agent_expr(),
+                "org": _organization_expr(profile.organization),
+                "agent": _agent_expr(profile),
                 "handoff": _handoff_expr(),
                 "depth": 1,
             }
@@ -156,15 +263,7 @@ def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[st
                         "branches": [
                             {"case": {"$eq": ["$day", None]}, "then": "bad_created_at"},
                             {"case": {"$eq": ["$org", None]}, "then": "no_organization"},
-                            # `depth: {$gt: 2}` also matches an array holding such a number.
-                            {"case": {"$not": [{"$isNumber": "$depth"}]}, "then": "bad_depth"},
-                            {"case": {"$gt": ["$depth", MAX_DEPTH]}, "then": "depth_out_of_range"},
-                            # A message count is whole; 2.5 would pass the filter and then
-                            # add a truncated 2 to messages.
-                            {
-                                "case": {"$ne": ["$depth", {"$floor": "$depth"}]},
-                                "then": "bad_depth",
-                            },
+                            *(_depth_skips() if profile.length == "depth" else []),
                         ],
                         "default": None,
                     }
@@ -195,8 +294,8 @@ def bad_created_at_pipeline(
     stages: list[dict[str, Any]] = []
     if changed_since is not None:
         stages.append({"$match": {"updatedAt": {"$gte": changed_since}}})
-    unplaceable = {**billable_match(settings), "createdAt": {"$not": {"$type": "date"}}}
-    return [*stages, {"$match": unplaceable}, {"$count": "n"}]
+    unplaceable = {"createdAt": {"$not": {"$type": "date"}}}
+    return [*stages, *billable_stages(settings, unplaceable), {"$count": "n"}]
 
 
 def changed_days_pipeline(

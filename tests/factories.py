@@ -109,3 +109,48 @@ def store_rows(dbs: Any, rows: list[dict[str, Any]]) -> None:
 def clear_rows(dbs: Any) -> None:
     for name in ("usage_daily", "usage_monthly", "usage_org_daily", "usage_org_monthly"):
         dbs.level(name).delete_many({})
+
+
+PROJECT_A = "6b079bbb53eae449252262b9"
+PROJECT_B = "6b079c296f6fae4c28133e91"
+
+
+def make_vanilla_request(request_id: str, **overrides: Any) -> dict[str, Any]:
+    """A closed conversation as vanilla Tiledesk stores it (see the shared fixture)."""
+    created = overrides.pop("createdAt", datetime(2026, 10, 14, 10, 0))
+    touched = created if isinstance(created, datetime) else datetime(2026, 10, 14, 10, 0)
+    doc: dict[str, Any] = {
+        "request_id": request_id,
+        "id_project": PROJECT_A,
+        "status": 1000,
+        "snapshot": {"department": {"name": "Default Department", "id_bot": BOT_1}},
+        "participantsBots": [BOT_1],
+        "participantsAgents": [],
+        "channel": {"name": "chat21"},
+        "createdAt": created,
+        "updatedAt": touched + timedelta(hours=2),
+        "closed_at": touched + timedelta(hours=2),
+    }
+    doc.update(overrides)
+    return {key: value for key, value in doc.items() if value is not DROP}
+
+
+def make_message(request_id: str, **overrides: Any) -> dict[str, Any]:
+    """A visitor's message of a vanilla conversation; override `sender`, `attributes`, …"""
+    doc: dict[str, Any] = {
+        "recipient": request_id,
+        "sender": "99191728-bb6d-48e0-bb75-47e06232ec68",
+        "senderFullname": "Visitor 0",
+        "text": "hello",
+        "type": "text",
+        "channel_type": "group",
+        "id_project": PROJECT_A,
+        "createdAt": datetime(2026, 10, 14, 10, 1),
+    }
+    doc.update(overrides)
+    return {key: value for key, value in doc.items() if value is not DROP}
+
+
+def conversation(request_id: str, messages: int, **overrides: Any) -> list[dict[str, Any]]:
+    """`messages` messages of one vanilla conversation."""
+    return [make_message(request_id, text=f"m{n}", **overrides) for n in range(messages)]
