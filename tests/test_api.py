@@ -581,3 +581,18 @@ def test_the_csv_export_holds_every_row_whatever_the_page(many: Api) -> None:
     lines = response.text.splitlines()
     assert len(lines) == 1 + 23 + 1  # header, every organization, total
     assert lines[-1].split(",")[-1] == str(sum(1 + n % 4 for n in range(23)))
+
+
+def test_a_customer_key_never_learns_another_organizations_agent_name(api: Api) -> None:
+    api.dbs.source.faq_kbs.insert_one({"_id": ObjectId(BOT_2), "name": "Northwind Secret Bot"})
+    span = {"start": "2026-09-01", "end": "2026-10-31"}
+    theirs = api.usage("a", scope="agent", org_id=A, agent_id=BOT_2, **span)
+    assert [(row["id"], row["name"]) for row in theirs["rows"]] == [(BOT_2, BOT_2)]
+    assert theirs["total"]["totals"]["conversations"] == 0
+    searched = api.usage("a", q="secret", **span)
+    assert (searched["rows"], searched["total_rows"]) == ([], 0)
+    for params in ({"q": "secret"}, {"scope": "agent", "org_id": A, "agent_id": BOT_2}):
+        exported = api.get("/api/aggregations/usage.csv", "a", **params, **span)
+        assert exported.status_code == 200 and "Secret" not in exported.text
+    # Staff, and the organization it belongs to, see the name.
+    assert api.usage(scope="org", org_id=B, **span)["rows"][0]["name"] == "Northwind Secret Bot"

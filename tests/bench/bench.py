@@ -28,7 +28,7 @@ from api import auth
 from api.auth import Principal
 from api.buckets import default_range
 from api.usage import UsageQuery, UsageService, resolve_query
-from etl import indexes, rollup, runner, sample, source
+from etl import indexes, rollup, runner, sample, source, vanilla_sample
 from etl.db import Databases, connect
 from etl.jobs import utcnow
 from etl.settings import Settings
@@ -479,6 +479,39 @@ def measure(bench: Bench, uri: str, spec: sample.SampleSpec, args: argparse.Name
     short.close()
     long.close()
     dbs.close()
+    vanilla_cost(bench, uri, now)
+
+
+def vanilla_cost(bench: Bench, uri: str, now: datetime) -> None:
+    """6: the tiledesk profile counts each conversation's messages in the aggregation; its
+    backfill against the deployment profile's over the same volume of conversations."""
+    spec = replace(sample.SMALL, seed=13)
+    deployment = prepare(uri, "bench_deployment", spec, now)
+    settings = Settings(
+        mongodb_uri=uri,
+        source_db="bench_vanilla",
+        source_profile="tiledesk",
+        cache_check_seconds=3600,
+    )
+    vanilla = connect(settings, uri)
+    started = time.perf_counter()
+    count = vanilla_sample.load(vanilla, spec, now)
+    print(
+        f"bench_vanilla: loaded {count} requests in {time.perf_counter() - started:.1f}s",
+        flush=True,
+    )
+    indexes.report(vanilla, apply=True)
+    today = rollup.local_today(now, settings)
+    first, last = today - timedelta(days=spec.days), today - timedelta(days=1)
+    seconds = {}
+    for name, dbs in (("deployment", deployment), ("tiledesk", vanilla)):
+        started = time.perf_counter()
+        runner.run_backfill(dbs, first, last, now, lambda: now)
+        seconds[name] = time.perf_counter() - started
+        dbs.close()
+    bench.add("backfill, deployment profile (s)", seconds["deployment"])
+    bench.add("backfill, tiledesk profile (s)", seconds["tiledesk"])
+    bench.add("backfill tiledesk / deployment", seconds["tiledesk"] / seconds["deployment"])
 
 
 if __name__ == "__main__":
