@@ -75,12 +75,18 @@ def make_sample(spec: SampleSpec) -> Sample:
     return Sample(orgs, bots, internal)
 
 
-def generate_requests(sample: Sample, spec: SampleSpec, now: datetime) -> Iterator[Doc]:
-    """Conversations over `spec.days` days up to `now` (naive UTC), in creation order."""
-    rng = random.Random(spec.seed * 7919)
-    # Organizations differ in size and grow over time, as adoption does.
+def first_day(spec: SampleSpec, now: datetime) -> datetime:
+    return (now - timedelta(days=spec.days)).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def arrivals(
+    rng: random.Random, sample: Sample, spec: SampleSpec, now: datetime
+) -> Iterator[tuple[datetime, Doc]]:
+    """When conversations start, and in which organization, over `spec.days` days up to
+    `now` (naive UTC), in order. Organizations differ in size and grow over time, as
+    adoption does; weekends are quieter."""
     weights = [rng.uniform(0.2, 3.0) for _ in sample.organizations]
-    start = (now - timedelta(days=spec.days)).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = first_day(spec, now)
     for day_index in range(spec.days + 1):
         day = start + timedelta(days=day_index)
         growth = 0.6 + 0.8 * day_index / max(spec.days, 1)
@@ -90,9 +96,15 @@ def generate_requests(sample: Sample, spec: SampleSpec, now: datetime) -> Iterat
             created = day + timedelta(seconds=rng.randrange(86400))
             if created >= now:
                 continue
-            org = rng.choices(sample.organizations, weights)[0]
-            yield make_conversation(rng, sample, org, created, now)
-    yield from malformed(rng, sample, start, now)
+            yield created, rng.choices(sample.organizations, weights)[0]
+
+
+def generate_requests(sample: Sample, spec: SampleSpec, now: datetime) -> Iterator[Doc]:
+    """Conversations over `spec.days` days up to `now` (naive UTC), in creation order."""
+    rng = random.Random(spec.seed * 7919)
+    for created, org in arrivals(rng, sample, spec, now):
+        yield make_conversation(rng, sample, org, created, now)
+    yield from malformed(rng, sample, first_day(spec, now), now)
 
 
 def make_conversation(

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from etl.db import Databases, Doc
-from etl.sample import Sample, SampleSpec, make_sample, oid
+from etl.sample import Sample, SampleSpec, arrivals, first_day, make_sample, oid
 
 CHAT_CLOSED = {
     "subtype": "info/support",
@@ -54,22 +54,11 @@ def generate(
 ) -> Iterator[tuple[Doc, list[Doc]]]:
     """(request, its messages) over `spec.days` days up to `now` (naive UTC)."""
     rng = random.Random(spec.seed * 7919)
-    weights = [rng.uniform(0.2, 3.0) for _ in sample.organizations]
-    start = (now - timedelta(days=spec.days)).replace(hour=0, minute=0, second=0, microsecond=0)
-    for day_index in range(spec.days + 1):
-        day = start + timedelta(days=day_index)
-        growth = 0.6 + 0.8 * day_index / max(spec.days, 1)
-        weekday_factor = 0.55 if day.weekday() >= 5 else 1.0
-        count = int(spec.per_day * growth * weekday_factor * rng.uniform(0.85, 1.15))
-        for _ in range(count):
-            created = day + timedelta(seconds=rng.randrange(86400))
-            if created >= now:
-                continue
-            org = rng.choices(sample.organizations, weights)[0]
-            desks = [desk for desk in departments if desk["id_project"] == str(org["_id"])]
-            desk = rng.choices(desks, [4, 2, 1, 1, 1][: len(desks)])[0]
-            yield conversation(rng, desk, created, now)
-    yield from malformed(rng, departments[-1], start, now)
+    for created, org in arrivals(rng, sample, spec, now):
+        desks = [desk for desk in departments if desk["id_project"] == str(org["_id"])]
+        desk = rng.choices(desks, [4, 2, 1, 1, 1][: len(desks)])[0]
+        yield conversation(rng, desk, created, now)
+    yield from malformed(rng, departments[-1], first_day(spec, now), now)
 
 
 def conversation(
