@@ -90,3 +90,42 @@ def test_without_transactions_a_month_repair_cut_short_is_redone_whole_by_the_ne
         assert level_rows(dbs, USAGE_ORG_DAILY) == derived(dbs, lattice.ORG_DAILY)
     finally:
         dbs.close()
+
+
+def test_a_rollup_from_before_the_lattice_shows_its_organizations_until_rebuilt(
+    dbs: Databases,
+) -> None:
+    from api.auth import Principal
+    from api.usage import UsageService, resolve_query
+
+    # What the previous release left: day and month rows, no organization levels, no state.
+    row = {"org_id": str(ORG_A), "agent_id": BOT_1, "conversations": 9, "messages": 45}
+    dbs.usage_daily().insert_one({"_id": "a", "day": "2026-09-08", **row, "handoffs": 0})
+    dbs.usage_monthly().insert_one({"_id": "b", "month": "2026-09", **row, "handoffs": 0})
+    query = resolve_query(
+        scope="platform",
+        org_id=None,
+        agent_id=None,
+        start="2026-09-01",
+        end="2026-09-30",
+        granularity="month",
+        include_internal=False,
+        principal=Principal("k", "staff", None),
+        today=date(2026, 11, 1),
+        settings=dbs.settings,
+    )
+    org_query = resolve_query(
+        scope="org",
+        org_id=str(ORG_A),
+        agent_id=None,
+        start="2026-09-01",
+        end="2026-09-30",
+        granularity="month",
+        include_internal=False,
+        principal=Principal("k", "staff", None),
+        today=date(2026, 11, 1),
+        settings=dbs.settings,
+    )
+    service = UsageService(dbs, 0)
+    assert service.report(org_query)["total"]["totals"]["conversations"] == 9
+    assert service.report(query)["total"]["totals"]["conversations"] == 9
