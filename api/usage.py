@@ -31,7 +31,7 @@ from etl.db import (
     Databases,
     Doc,
 )
-from etl.definition import Definition
+from etl.definition import LATTICE_VERSION, Definition
 from etl.rollup import MEASURES
 from etl.settings import Settings
 from etl.source import UNATTRIBUTED
@@ -205,12 +205,17 @@ def monthly_pipeline(query: UsageQuery, months: list[str], settings: Settings) -
 
 
 def fetch_groups(
-    dbs: Databases, query: UsageQuery, buckets: list[Bucket], generation: int
+    dbs: Databases,
+    query: UsageQuery,
+    buckets: list[Bucket],
+    generation: int,
+    organization_levels: bool = True,
 ) -> list[Doc]:
     """Rollup totals per (row id, bucket key), from the coarsest rows that are exact: a
-    platform view needs no agents, so it reads the organization levels."""
+    platform view needs no agents, so it reads the organization levels (when the generation
+    has them: a rollup from before them, served until it is rebuilt, has not)."""
     settings = dbs.settings
-    by_org = query.scope == "platform"
+    by_org = query.scope == "platform" and organization_levels
     daily = dbs.reader(USAGE_ORG_DAILY if by_org else USAGE_DAILY, generation)
     if query.granularity != "month":
         return list(daily.aggregate(daily_pipeline(query, buckets, settings)))
@@ -413,7 +418,9 @@ class UsageService:
         buckets = make_buckets(
             query.first, query.last, query.granularity, settings.week_start_index
         )
-        groups = fetch_groups(self.dbs, query, buckets, served.generation)
+        definition = served.definition
+        lattice = definition is not None and definition.version >= LATTICE_VERSION
+        groups = fetch_groups(self.dbs, query, buckets, served.generation, lattice)
         active = sorted({group["_id"]["id"] for group in groups})
         # Names only for rows with data in what the key may see: an agent id of another
         # organization asked for by name gets its id back, never the other's name.
@@ -425,7 +432,6 @@ class UsageService:
         always = (query.agent_id,) if query.agent_id else ()
         rows, total = fold(groups, buckets, names, always)
         page = paginate(rows, total, buckets, query)
-        definition = served.definition
         return {
             "scope": query.scope,
             "org_id": query.org_id,

@@ -13,6 +13,9 @@ from etl.settings import Settings
 # whole numbers skipped as bad_depth. The tiledesk profile's rules (which messages count)
 # are part of this meaning too.
 PIPELINE_VERSION = 2
+# The first version whose generations have the organization levels (usage_org_daily,
+# usage_org_monthly); a rollup adopted from before is read from its agent rows until rebuilt.
+LATTICE_VERSION = 2
 ATTRIBUTION = DEPLOYMENT.attribution
 SKIP_RULES = DEPLOYMENT.skip_rules
 

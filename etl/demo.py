@@ -1,5 +1,6 @@
 """The demo: sample data on the embedded server, a backfill and a nightly run, a table, the API."""
 
+import contextlib
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -86,10 +87,18 @@ def run(
         markup=False,
     )
     print_table(dbs, out, today)
+    settings = dbs.settings
     if not serve:
         # No address nobody serves, and no key nobody will paste.
+        where = ""
+        if settings.source_profile != "deployment":
+            where = (
+                f" (with USAGE_SOURCE_PROFILE={settings.source_profile}"
+                f" USAGE_SOURCE_DB={settings.source_db}"
+                f" USAGE_ROLLUP_DB={settings.rollup_db_name})"
+            )
         out.print(
-            "\nnot serving (--no-serve): `usage serve` serves the dashboard, and "
+            f"\nnot serving (--no-serve): `usage serve`{where} serves the dashboard, and "
             "`usage keys create --staff --name NAME` makes a key for it",
             markup=False,
         )
@@ -109,7 +118,8 @@ def run(
     out.print(f"other terminals: export {exports}  (while this runs)", markup=False)
     from api.server import serve_forever
 
-    serve_forever(dbs, "127.0.0.1", port)
+    with contextlib.suppress(KeyboardInterrupt):  # stopping a server is no interruption to redo
+        serve_forever(dbs, "127.0.0.1", port)
 
 
 def print_table(dbs: Databases, out: Console, today: date) -> None:

@@ -205,10 +205,10 @@ def _locked_run(
                 work.on_read,
                 clock,
             )
-            touched = {day.isoformat()[:7] for day in days}
-            extra_months = sorted(set(work.months) - touched)
-            if extra_months:
-                rederive_months(dbs, work.target, extra_months, session)
+            # Re-derived whole even when one of their days was recomputed: writing a day
+            # rewrites the levels by day for that day only, not a drift on another day.
+            if work.months:
+                rederive_months(dbs, work.target, sorted(set(work.months)), session)
             bad = rollup.count_bad_created_at(dbs, work.bad_since)
             if bad:
                 stats.skipped["bad_created_at"] += bad
@@ -251,14 +251,14 @@ def rederive_months(
         if target.served:
             ledger.bump(dbs.rollup, target.generation, session)
 
-    # Without a transaction, a day of each month is marked dirty first: a write cut short
-    # between deleting and inserting a month's totals is redone by the next run.
+    # Without a transaction, every computed day of each month is marked dirty first: a write
+    # cut short between deleting and inserting a month's levels (the levels by day included)
+    # is redone by the next run, which rewrites the levels by day of the days it recomputes.
     marked: list[date] = []
     if session is None:
+        wanted = set(months)
         covered = ledger.covered_days(dbs, target.generation)
-        for month in months:
-            days = [day for day in covered if day.isoformat()[:7] == month]
-            marked += days[:1]
+        marked = [day for day in covered if day.isoformat()[:7] in wanted]
     ledger.mark_dirty(dbs, target.generation, marked, target.run_id)
     rollup.in_transaction(session, write)
     ledger.clear_dirty(dbs, target.generation, marked)
