@@ -1,6 +1,7 @@
 """The tiledesk source profile: vanilla Tiledesk's documents counted right.
 
-The fixture in ../shared/tiledesk-2.19.16/ was written by Tiledesk server 2.19.16's own code;
+The fixture in tests/fixtures/tiledesk-2.19.16/ was written by Tiledesk server 2.19.16's own
+code;
 its expected numbers below were counted by hand from its JSON files, never by the code under
 test.
 """
@@ -32,7 +33,7 @@ from tests.factories import (
     make_vanilla_request,
 )
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "tiledesk-2.19.16"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiledesk-2.19.16"
 COLLECTIONS = ("projects", "faq_kbs", "departments", "leads", "requests", "messages")
 
 ROLLUP_PROJECT = "6b079bbb53eae449252262b9"  # "rollup-proj-1795660731248"
@@ -89,10 +90,6 @@ def names(dbs: Databases, scope: str, org_id: str | None = None) -> dict[str, st
     return {row["id"]: row["name"] for row in report["rows"]}
 
 
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"no fixture at {FIXTURE}")
-
-
-@needs_fixture
 def test_the_vanilla_fixture_is_counted_per_project_and_bot(
     make_dbs: Callable[..., Databases],
 ) -> None:
@@ -119,7 +116,6 @@ def test_the_vanilla_fixture_is_counted_per_project_and_bot(
     assert names(dbs, "org", ROLLUP_PROJECT) == {ROLLUP_BOT: "RollupBot"}
 
 
-@needs_fixture
 def test_the_vanilla_fixture_with_more_than_one_message(
     make_dbs: Callable[..., Databases],
 ) -> None:
