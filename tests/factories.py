@@ -1,6 +1,6 @@
 """Plain factory functions for source documents and rollup rows."""
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -154,3 +154,32 @@ def make_message(request_id: str, **overrides: Any) -> dict[str, Any]:
 def conversation(request_id: str, messages: int, **overrides: Any) -> list[dict[str, Any]]:
     """`messages` messages of one vanilla conversation."""
     return [make_message(request_id, text=f"m{n}", **overrides) for n in range(messages)]
+
+
+def staff_query(
+    settings: Any,
+    scope: str,
+    start: str,
+    end: str,
+    *,
+    org_id: str | None = None,
+    granularity: str = "month",
+    include_internal: bool = False,
+    today: date = date(2026, 11, 1),
+) -> Any:
+    """A usage query as platform staff ask it, through the API's own parameter rules."""
+    from api.auth import Principal
+    from api.usage import resolve_query
+
+    return resolve_query(
+        scope=scope,  # type: ignore[arg-type]
+        org_id=org_id,
+        agent_id=None,
+        start=start,
+        end=end,
+        granularity=granularity,  # type: ignore[arg-type]
+        include_internal=include_internal,
+        principal=Principal("k", "staff", None),
+        today=today,
+        settings=settings,
+    )

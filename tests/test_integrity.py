@@ -8,31 +8,20 @@ from datetime import date, datetime, timedelta
 import pytest
 from bson import Decimal128, ObjectId
 
-from api.auth import Principal
-from api.usage import UsageQuery, UsageService, resolve_query
+from api.usage import UsageQuery, UsageService
 from etl import jobs, ledger, runner, runs, verify
 from etl.db import Databases, connect
 from etl.definition import DefinitionMismatch
 from etl.settings import get_settings
 from tests.commands import env_for, one_line, usage
-from tests.factories import BOT_1, ORG_A, make_request
+from tests.factories import BOT_1, ORG_A, make_request, staff_query
 
 T0 = datetime(2026, 10, 12, 2, 0)  # the first run of each sequence
-STAFF = Principal("k", "staff", None)
 
 
 def month_query(dbs: Databases, scope: str, first: str, last: str) -> UsageQuery:
-    return resolve_query(
-        scope=scope,  # type: ignore[arg-type]
-        org_id=str(ORG_A) if scope == "org" else None,
-        agent_id=None,
-        start=first,
-        end=last,
-        granularity="month",
-        include_internal=False,
-        principal=STAFF,
-        today=date(2026, 11, 1),
-        settings=dbs.settings,
+    return staff_query(
+        dbs.settings, scope, first, last, org_id=str(ORG_A) if scope == "org" else None
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from etl import lattice, runner
 from etl.db import USAGE_ORG_DAILY, Databases, connect
-from tests.factories import BOT_1, BOT_2, ORG_A, ORG_B, make_request
+from tests.factories import BOT_1, BOT_2, ORG_A, ORG_B, make_request, staff_query
 
 NOW = datetime(2026, 10, 20, 3, 0)
 
@@ -95,37 +95,14 @@ def test_without_transactions_a_month_repair_cut_short_is_redone_whole_by_the_ne
 def test_a_rollup_from_before_the_lattice_shows_its_organizations_until_rebuilt(
     dbs: Databases,
 ) -> None:
-    from api.auth import Principal
-    from api.usage import UsageService, resolve_query
+    from api.usage import UsageService
 
     # What the previous release left: day and month rows, no organization levels, no state.
     row = {"org_id": str(ORG_A), "agent_id": BOT_1, "conversations": 9, "messages": 45}
     dbs.usage_daily().insert_one({"_id": "a", "day": "2026-09-08", **row, "handoffs": 0})
     dbs.usage_monthly().insert_one({"_id": "b", "month": "2026-09", **row, "handoffs": 0})
-    query = resolve_query(
-        scope="platform",
-        org_id=None,
-        agent_id=None,
-        start="2026-09-01",
-        end="2026-09-30",
-        granularity="month",
-        include_internal=False,
-        principal=Principal("k", "staff", None),
-        today=date(2026, 11, 1),
-        settings=dbs.settings,
-    )
-    org_query = resolve_query(
-        scope="org",
-        org_id=str(ORG_A),
-        agent_id=None,
-        start="2026-09-01",
-        end="2026-09-30",
-        granularity="month",
-        include_internal=False,
-        principal=Principal("k", "staff", None),
-        today=date(2026, 11, 1),
-        settings=dbs.settings,
-    )
+    query = staff_query(dbs.settings, "platform", "2026-09-01", "2026-09-30")
+    org_query = staff_query(dbs.settings, "org", "2026-09-01", "2026-09-30", org_id=str(ORG_A))
     service = UsageService(dbs, 0)
     assert service.report(org_query)["total"]["totals"]["conversations"] == 9
     assert service.report(query)["total"]["totals"]["conversations"] == 9

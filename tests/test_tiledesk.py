@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from bson import ObjectId, json_util
 
-from api.auth import Principal
-from api.usage import UsageService, resolve_query
+from api.usage import UsageService
 from etl import indexes, runner, vanilla_sample
 from etl.db import Databases
 from etl.definition import DefinitionMismatch, of_settings
@@ -31,6 +30,7 @@ from tests.factories import (
     conversation,
     make_message,
     make_vanilla_request,
+    staff_query,
 )
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiledesk-2.19.16"
@@ -42,7 +42,6 @@ REST_PROJECT = "6b079c296f6fae4c28133e91"  # "rest-proj-1795660840723"
 REST_BOT = "6b079c296f6fae4c28133ec2"  # "RestBot"
 FIXTURE_DAY = "2026-11-26"  # every fixture request was created on it (UTC)
 AFTER_FIXTURE = datetime(2026, 11, 27, 2, 15)  # the night after
-STAFF = Principal("k", "staff", None)
 
 
 def at(moment: datetime) -> Callable[[], datetime]:
@@ -74,17 +73,14 @@ def measures(dbs: Databases) -> dict[tuple[str, str, str], tuple[int, int, int]]
 
 
 def names(dbs: Databases, scope: str, org_id: str | None = None) -> dict[str, str]:
-    query = resolve_query(
-        scope=scope,  # type: ignore[arg-type]
+    query = staff_query(
+        dbs.settings,
+        scope,
+        FIXTURE_DAY,
+        FIXTURE_DAY,
         org_id=org_id,
-        agent_id=None,
-        start=FIXTURE_DAY,
-        end=FIXTURE_DAY,
         granularity="day",
-        include_internal=False,
-        principal=STAFF,
         today=date(2026, 11, 27),
-        settings=dbs.settings,
     )
     report = UsageService(dbs, 0).report(query)
     return {row["id"]: row["name"] for row in report["rows"]}

@@ -23,7 +23,7 @@ from etl.jobs import utcnow
 from tests.commands import COMMAND, clean_env, env_for, one_line, usage
 from tests.conftest import make_settings
 from tests.drills.conftest import ServerProcess
-from tests.factories import BOT_1, BOT_2, ORG_A, ORG_B, make_request
+from tests.factories import BOT_1, BOT_2, ORG_A, ORG_B, make_request, staff_query
 
 SPEC = sample.SampleSpec(organizations=5, internal=1, agents_per_org=2, per_day=30, days=60)
 
@@ -467,20 +467,16 @@ def test_drill_rebuild_killed_anywhere_serves_one_generation_and_finishes_when_r
     expected_new = rows(scratch)
 
     def served(settings_dbs: Databases) -> tuple[int, int]:
-        from api.auth import Principal
-        from api.usage import UsageService, resolve_query
+        from api.usage import UsageService
 
-        query = resolve_query(
-            scope="platform",
-            org_id=None,
-            agent_id=None,
-            start=str(first),
-            end=str(last),
+        query = staff_query(
+            settings_dbs.settings,
+            "platform",
+            str(first),
+            str(last),
             granularity="day",
             include_internal=True,
-            principal=Principal("k", "staff", None),
             today=last,
-            settings=settings_dbs.settings,
         )
         body = UsageService(settings_dbs, 0).report(query)
         return body["generation"], body["total"]["totals"]["messages"]
