@@ -1,17 +1,30 @@
 "use strict";
-// Conversation Volume: reads /api/aggregations/usage and draws the chart and the table.
+// Conversation Volume: reads /api/aggregations/usage (and /movers) and draws the chart, the
+// movers and the table. chart.js draws the chart.
 
 const KEY_STORAGE = "usage.apiKey";
 const API = "/api/aggregations/usage";
+const MOVERS_API = "/api/aggregations/movers";
 const $ = (id) => document.getElementById(id);
-// expanded: organization id -> the agent rows shown under it (or its loading row);
-// agents: organization id -> its fetched agent report, kept while the range stays the same.
-// limit: rows asked for (grows by PAGE with "Load more"); seq: the latest request, so that a
-// slow answer to an older one never redraws over a newer view.
 const PAGE = 50;
 const MAX_ROWS = 1000;
+const TOP = 5;
+const PALETTE = ["#3559e0", "#e07b35", "#2a9d8f", "#b5489a", "#8a6d1f"];
+const OTHER_COLOR = "#aab2c0";
+// Users are a union of sketches and avg_depth a ratio: neither adds up, so neither stacks.
+const ADDITIVE = new Set(["conversations", "messages", "handoffs"]);
+const METRIC_NAMES = {
+  conversations: "conversations", messages: "messages", handoffs: "handoffs", users: "users",
+  avg_depth: "average depth",
+};
+// limit: rows asked for (grows by PAGE with "Load more").
+// seq / moversSeq: the latest request of each kind; an answer to an older one is dropped, so a
+// slow response never redraws over a newer view.
+// open: range key -> ids of the organizations expanded in that range, kept across ranges.
+// agents: range key + compare + organization id -> its fetched agent report (or its promise).
 const state = {
-  report: null, metric: "conversations", expanded: new Map(), agents: new Map(), limit: PAGE, seq: 0,
+  report: null, metric: "conversations", chartMode: "stacked", compare: false, limit: PAGE,
+  seq: 0, moversSeq: 0, open: new Map(), agents: new Map(),
 };
 
 class HttpError extends Error {
@@ -51,6 +64,15 @@ function parseIso(s) { const [y, m, d] = s.split("-").map(Number); return new Da
 function longDate(s) {
   return parseIso(s).toLocaleDateString("en-US", { month: "short", day: "numeric", year: "numeric" });
 }
+// "May 1 – 31, 2026", "Apr 28 – May 4, 2026", "Dec 29, 2025 – Jan 4, 2026", "May 3, 2026".
+function dateRange(start, end) {
+  if (start === end) return longDate(start);
+  const a = parseIso(start), b = parseIso(end);
+  const md = (d) => d.toLocaleDateString("en-US", { month: "short", day: "numeric" });
+  if (a.getFullYear() !== b.getFullYear()) return longDate(start) + " – " + longDate(end);
+  const tail = a.getMonth() === b.getMonth() ? b.getDate() : md(b);
+  return md(a) + " – " + tail + ", " + b.getFullYear();
+}
 
 function presetRange(preset, today) {
   if (preset === "6m") {
@@ -70,8 +92,17 @@ function currentParams(extra) {
     limit: state.limit };
   const q = $("search").value.trim();
   if (q) params.q = q;
+  if (state.compare) params.compare = "previous";
   return Object.assign(params, extra || {});
 }
+
+function rangeKey(report) { return [report.start, report.end, report.granularity].join("|"); }
+function openSet(report) {
+  const key = rangeKey(report);
+  if (!state.open.has(key)) state.open.set(key, new Set());
+  return state.open.get(key);
+}
+function agentKey(report, orgId) { return rangeKey(report) + "|" + Boolean(report.previous) + "|" + orgId; }
 
 // Loading ----------------------------------------------------------------------------------
 function showMessage(text) {
@@ -97,15 +128,88 @@ async function load(keepLimit) {
     const response = await request(API, currentParams());
     const report = await response.json();
     if (seq !== state.seq) return;  // a newer view was asked for meanwhile
-    state.expanded.clear();
-    state.agents.clear();
     state.report = report;
     render();
+    loadMovers();
   } catch (err) {
     if (seq === state.seq) handleError(err);
   } finally {
     if (seq === state.seq) $("loading").hidden = true;
   }
+}
+
+// The movers panel needs the API that compares periods; a report says it has one by
+// carrying a `previous` key (null unless asked for).
+async function loadMovers() {
+  const report = state.report;
+  const seq = ++state.moversSeq;
+  const panel = $("movers");
+  if (!report || report.scope !== "platform" || !("previous" in report)) {
+    panel.hidden = true;
+    return;
+  }
+  const params = { scope: "platform", start: report.start, end: report.end,
+    metric: state.metric, n: TOP };
+  try {
+    const movers = await (await request(MOVERS_API, params)).json();
+    if (seq !== state.moversSeq || state.report !== report) return;
+    renderMovers(movers);
+  } catch (err) {
+    if (seq !== state.moversSeq) return;
+    if (err.status === 401) { handleError(err); return; }
+    panel.hidden = false;
+    $("movers-body").replaceChildren(cell("p", err.message, "error"));
+  }
+}
+
+// Values -----------------------------------------------------------------------------------
+function value(c, metric) {
+  const v = c ? c[metric] : undefined;
+  return v === undefined ? null : v;
+}
+
+function fmt(n) { return n.toLocaleString("en-US"); }
+
+function fmtValue(v, metric) {
+  if (v === null || v === undefined) return "—";
+  if (metric === "avg_depth") return v.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  return fmt(v);
+}
+
+// A cell's figure as text; users that are an estimate get "≈" (and bounds when asked).
+function fmtCell(c, metric, bounds) {
+  const v = value(c, metric);
+  const text = fmtValue(v, metric);
+  if (metric !== "users" || v === null || !c.users_estimate) return text;
+  let out = "≈ " + text;
+  if (bounds && c.users_low !== null && c.users_low !== undefined) {
+    out += " (" + fmt(c.users_low) + "–" + fmt(c.users_high) + ")";
+  }
+  return out;
+}
+
+function pctText(pct) {
+  const sign = pct > 0 ? "+" : pct < 0 ? "−" : "";
+  return sign + Math.abs(pct).toFixed(1) + "%";
+}
+
+// "▲ 12 (+8.0%)", "▼ 3 (−2.1%)", "▲ 4 (new)" when there was nothing before; never colour alone.
+function changeText(change, metric) {
+  if (!change || change.abs === null || change.abs === undefined) return { text: "—", cls: "flat" };
+  const amount = fmtValue(Math.abs(change.abs), metric);
+  if (change.abs === 0) return { text: "0" + (change.pct === null ? "" : " (0.0%)"), cls: "flat" };
+  const arrow = change.abs > 0 ? "▲ " : "▼ ";
+  const pct = change.pct === null || change.pct === undefined ? "new" : pctText(change.pct);
+  return { text: arrow + amount + " (" + pct + ")", cls: change.abs > 0 ? "up" : "down" };
+}
+
+// The change between two figures, by the API's rule (for a bucket, which has none of its own).
+function changeOf(current, previous, metric) {
+  if (current === null || previous === null) return { abs: null, pct: null };
+  let abs = current - previous;
+  abs = metric === "avg_depth" ? Math.round(abs * 100) / 100 : abs;
+  const pct = previous ? Math.round((abs / previous) * 1000) / 10 : null;
+  return { abs, pct };
 }
 
 // Rendering --------------------------------------------------------------------------------
@@ -145,7 +249,9 @@ function bucketClass(bucket, report) {
   return classes.join(" ");
 }
 
-function fmt(n) { return n.toLocaleString("en-US"); }
+function bucketMarks(bucket, report) {
+  return (bucket.partial ? " *" : "") + (isStale(bucket, report) ? " †" : "");
+}
 
 function cell(tag, text, className) {
   const el = document.createElement(tag);
@@ -154,35 +260,66 @@ function cell(tag, text, className) {
   return el;
 }
 
+function sparkline(row, report) {
+  const td = cell("td", "", "spark");
+  const values = row.buckets.map((b, i) => (isBeforeData(report.buckets[i], report) ? null : value(b, state.metric)));
+  const known = values.filter((v) => v !== null);
+  if (known.length < 2) return td;
+  const w = 72, h = 20, pad = 2;
+  const max = Math.max(...known), min = Math.min(0, ...known);
+  const x = (i) => pad + ((w - 2 * pad) * i) / Math.max(values.length - 1, 1);
+  const y = (v) => h - pad - ((h - 2 * pad) * (v - min)) / (max - min || 1);
+  const points = values.map((v, i) => (v === null ? null : x(i).toFixed(1) + "," + y(v).toFixed(1))).filter(Boolean);
+  const svg = svgEl("svg", { width: w, height: h, viewBox: `0 0 ${w} ${h}`, class: "sparkline", role: "img",
+    "aria-label": "Trend of " + METRIC_NAMES[state.metric] + ": " + known.map((v) => fmtValue(v, state.metric)).join(", ") });
+  svgEl("polyline", { points: points.join(" ") }, svg);
+  const last = values.length - 1;
+  if (values[last] !== null) svgEl("circle", { cx: x(last), cy: y(values[last]), r: 2 }, svg);
+  td.appendChild(svg);
+  return td;
+}
+
 function rowCells(tr, row, report) {
+  tr.appendChild(sparkline(row, report));
   row.buckets.forEach((b, i) => {
     const bucket = report.buckets[i];
-    const text = isBeforeData(bucket, report) ? "no data" : fmt(b[state.metric]);
-    tr.appendChild(cell("td", text, bucketClass(bucket, report)));
+    const text = isBeforeData(bucket, report) ? "no data" : fmtCell(b, state.metric);
+    const td = cell("td", text, bucketClass(bucket, report));
+    if (state.metric === "users" && b.users_estimate) td.title = fmtCell(b, "users", true);
+    tr.appendChild(td);
   });
-  tr.appendChild(cell("td", fmt(row.totals[state.metric]), "total"));
+  tr.appendChild(cell("td", fmtCell(row.totals, state.metric), "total"));
+  if (report.previous) {
+    const change = changeText(row.change ? row.change[state.metric] : null, state.metric);
+    const td = cell("td", change.text, "change " + change.cls);
+    const prev = row.previous ? value(row.previous.totals, state.metric) : null;
+    td.title = "Previous period: " + fmtValue(prev, state.metric);
+    tr.appendChild(td);
+  }
 }
 
 function render() {
   const report = state.report;
-  // An expansion still loading when the view redraws is dropped, not left half open.
-  [...state.expanded.keys()].forEach((id) => { if (!state.agents.has(id)) state.expanded.delete(id); });
   $("subtitle").textContent = subtitle(report);
   $("freshness").textContent = freshness(report);
   renderChart(report);
   const table = $("table");
   const head = document.createElement("tr");
   head.appendChild(cell("th", report.scope === "platform" ? "Organization" : "Agent"));
+  head.appendChild(cell("th", "Trend", "spark"));
   report.buckets.forEach((b) => {
-    let label = b.label;
-    if (b.partial) label += " *";
-    if (isStale(b, report)) label += " †";
-    const th = cell("th", label, bucketClass(b, report));
+    const th = cell("th", b.label + bucketMarks(b, report), bucketClass(b, report));
     th.scope = "col";
-    th.title = b.start + " to " + b.end;
+    th.title = dateRange(b.start, b.end);
     head.appendChild(th);
   });
-  head.appendChild(cell("th", "Total"));
+  head.appendChild(cell("th", "Total", "total"));
+  if (report.previous) {
+    const th = cell("th", "Change", "change");
+    th.title = "Against " + dateRange(report.previous.start, report.previous.end);
+    head.appendChild(th);
+  }
+  [...head.children].forEach((th) => { th.scope = "col"; });
   table.tHead.replaceChildren(head);
 
   const body = table.tBodies[0];
@@ -190,7 +327,7 @@ function render() {
   if (report.rows.length === 0) {
     const tr = document.createElement("tr");
     const td = cell("td", "No billable conversations in this range.");
-    td.colSpan = report.buckets.length + 2;
+    td.colSpan = columnCount(report);
     tr.appendChild(td);
     body.appendChild(tr);
   }
@@ -206,12 +343,14 @@ function render() {
   $("shown").textContent = "Showing " + fmt(report.rows.length) + " of " + fmt(report.total_rows)
     + " " + noun + (report.other ? "; the rest are summed as Other." : ".");
   $("more").hidden = !report.other || state.limit >= MAX_ROWS;
-  restoreExpanded(report);
+  if (report.scope === "platform") openSet(report).forEach((orgId) => showAgents(orgId, report));
   const total = document.createElement("tr");
   total.appendChild(cell("td", "Total"));
   rowCells(total, report.total, report);
   table.tFoot.replaceChildren(total);
 }
+
+function columnCount(report) { return report.buckets.length + 3 + (report.previous ? 1 : 0); }
 
 function renderRow(row, report) {
   const tr = document.createElement("tr");
@@ -221,8 +360,8 @@ function renderRow(row, report) {
   if (report.scope === "platform") {
     const button = cell("button", row.name, "expand");
     button.type = "button";
-    button.setAttribute("aria-expanded", String(state.expanded.has(row.id)));
-    button.addEventListener("click", () => toggle(row, tr, button));
+    button.setAttribute("aria-expanded", String(openSet(report).has(row.id)));
+    button.addEventListener("click", () => toggle(row.id, button));
     first.appendChild(button);
   } else {
     first.textContent = row.name;
@@ -243,87 +382,160 @@ function agentRows(orgId, agents, report) {
   });
 }
 
-// After a redraw (another metric), put back the agent rows of expanded organizations.
-function restoreExpanded(report) {
-  state.expanded.forEach((_, orgId) => {
-    const tr = document.querySelector(`#table tbody tr.org[data-id="${orgId}"]`);
-    if (!tr) { state.expanded.delete(orgId); return; }
-    const rows = agentRows(orgId, state.agents.get(orgId), report);
-    tr.after(...rows);
-    state.expanded.set(orgId, rows);
-  });
-}
-
-async function toggle(row, tr, button) {
-  const shown = state.expanded.get(row.id);
-  if (shown) {
-    shown.forEach((el) => el.remove());
-    state.expanded.delete(row.id);
+function toggle(orgId, button) {
+  const report = state.report;
+  const open = openSet(report);
+  if (open.has(orgId)) {
+    open.delete(orgId);
+    document.querySelectorAll(`#table tr.agent[data-parent="${orgId}"]`).forEach((el) => el.remove());
     button.setAttribute("aria-expanded", "false");
     return;
   }
+  open.add(orgId);
   button.setAttribute("aria-expanded", "true");
-  const report = state.report;
+  showAgents(orgId, report);
+}
+
+// Put an expanded organization's agent rows under it: from the cache, or a loading row until
+// its report arrives (ignored if by then another view or a collapse came first).
+async function showAgents(orgId, report) {
+  const tr = document.querySelector(`#table tbody tr.org[data-id="${orgId}"]`);
+  if (!tr) return;  // not on this page (a search, fewer rows): stays remembered
+  document.querySelectorAll(`#table tr.agent[data-parent="${orgId}"]`).forEach((el) => el.remove());
+  const key = agentKey(report, orgId);
+  const cached = state.agents.get(key);
+  if (cached && !(cached instanceof Promise)) {
+    tr.after(...agentRows(orgId, cached, report));
+    return;
+  }
   const loading = document.createElement("tr");
   loading.className = "agent loading-row";
+  loading.dataset.parent = orgId;
   const td = cell("td", "Loading agents…");
-  td.colSpan = report.buckets.length + 2;
+  td.colSpan = columnCount(report);
   loading.appendChild(td);
   tr.after(loading);
-  state.expanded.set(row.id, [loading]);
   try {
-    let agents = state.agents.get(row.id);
-    if (!agents) {
-      const params = { scope: "org", org_id: row.id, start: report.start, end: report.end,
+    let pending = cached;
+    if (!pending) {
+      const params = { scope: "org", org_id: orgId, start: report.start, end: report.end,
         granularity: report.granularity, limit: MAX_ROWS };
-      agents = await (await request(API, params)).json();
+      if (report.previous) params.compare = "previous";
+      pending = request(API, params).then((r) => r.json());
+      state.agents.set(key, pending);
+      pending.then((agents) => state.agents.set(key, agents), () => state.agents.delete(key));
     }
-    if (state.report !== report || state.expanded.get(row.id)?.[0] !== loading) return;
-    state.agents.set(row.id, agents);
-    const rows = agentRows(row.id, agents, report);
-    loading.replaceWith(...rows);
-    state.expanded.set(row.id, rows);
+    const agents = await pending;
+    if (state.report !== report || !loading.isConnected) return;
+    loading.replaceWith(...agentRows(orgId, agents, report));
   } catch (err) {
     td.textContent = err.message;
     if (err.status === 401) handleError(err);
   }
 }
 
-function renderChart(report) {
-  const svg = $("chart");
-  const ns = "http://www.w3.org/2000/svg";
-  svg.replaceChildren();
-  const width = svg.clientWidth || 800;
-  const height = 220, top = 14, bottom = 36, left = 12;
-  const values = report.total.buckets.map((b) => b[state.metric]);
-  const max = Math.max(1, ...values);
-  const slot = (width - left * 2) / Math.max(values.length, 1);
-  const barWidth = Math.max(2, slot * 0.7);
-  report.buckets.forEach((bucket, i) => {
-    const h = ((height - top - bottom) * values[i]) / max;
-    const x = left + i * slot + (slot - barWidth) / 2;
-    const rect = document.createElementNS(ns, "rect");
-    rect.setAttribute("class", "bar" + (bucket.partial || isStale(bucket, report) ? " partial" : ""));
-    rect.setAttribute("x", x);
-    rect.setAttribute("y", height - bottom - h);
-    rect.setAttribute("width", barWidth);
-    rect.setAttribute("height", Math.max(h, 0));
-    rect.dataset.key = bucket.key;
-    rect.dataset.value = values[i];
-    const title = document.createElementNS(ns, "title");
-    title.textContent = bucket.label + ": " + fmt(values[i]) + " " + state.metric;
-    rect.appendChild(title);
-    svg.appendChild(rect);
-    const every = Math.ceil(values.length / 12);
-    if (i % every === 0) {
-      const label = document.createElementNS(ns, "text");
-      label.setAttribute("x", x + barWidth / 2);
-      label.setAttribute("y", height - bottom + 16);
-      label.setAttribute("text-anchor", "middle");
-      label.textContent = bucket.label;
-      svg.appendChild(label);
+// Chart ------------------------------------------------------------------------------------
+function chartModel(report) {
+  const metric = state.metric;
+  const totals = report.total.buckets.map((b) => value(b, metric));
+  const stacked = ADDITIVE.has(metric) && state.chartMode === "stacked" && report.rows.length > 1;
+  let series = [{ name: "Total", color: PALETTE[0], values: totals.map((v) => v || 0) }];
+  if (stacked) {
+    const top = report.rows
+      .map((row, i) => [row, i])
+      .sort(([a, i], [b, j]) => (value(b.totals, metric) || 0) - (value(a.totals, metric) || 0) || i - j)
+      .slice(0, TOP)
+      .map(([row]) => row);
+    series = top.map((row, i) => ({ name: row.name, color: PALETTE[i], values: row.buckets.map((b) => value(b, metric) || 0) }));
+    const rest = totals.map((t, i) => (t || 0) - series.reduce((s, se) => s + se.values[i], 0));
+    if (report.total_rows > top.length && rest.some((v) => v !== 0)) {
+      series.push({ name: "Other", color: OTHER_COLOR, values: rest });
     }
-  });
+  }
+  const prevTotal = report.previous && report.total.previous ? report.total.previous.buckets : null;
+  const previous = prevTotal ? prevTotal.map((b) => value(b, metric)) : null;
+  const name = METRIC_NAMES[metric];
+  const buckets = report.buckets.map((b) => ({
+    key: b.key, label: b.label, start: b.start, end: b.end, marks: bucketMarks(b, report).replace(/ /g, ""),
+    faded: b.partial || isStale(b, report) || isBeforeData(b, report),
+  }));
+
+  function describe(i) {
+    const bucket = report.buckets[i];
+    const totalCell = report.total.buckets[i];
+    const lines = [];
+    if (series.length > 1) {
+      [...series].reverse().forEach((se) => lines.push([se.name, fmtValue(se.values[i], metric), se.color]));
+    }
+    lines.push(["Total " + name, fmtCell(totalCell, metric, true), series.length > 1 ? null : series[0].color, "tip-total"]);
+    if (previous) {
+      const pb = report.previous.buckets[i];
+      const pc = prevTotal[i];
+      lines.push(["Previous (" + dateRange(pb.start, pb.end) + ")", fmtCell(pc, metric, true), null, "tip-previous"]);
+      const change = changeText(changeOf(totals[i], previous[i], metric), metric);
+      lines.push(["Change", change.text, null, "tip-change " + change.cls]);
+    }
+    const notes = [];
+    if (isBeforeData(bucket, report)) notes.push("No data: before the first computed day.");
+    if (bucket.partial) notes.push("* Partial bucket (clipped to the range).");
+    if (isStale(bucket, report) || !report.data_through) notes.push("† After the last complete day, still filling in.");
+    const summary = bucket.label + ", " + dateRange(bucket.start, bucket.end) + ": " + name + " "
+      + fmtCell(totalCell, metric, true);
+    return { title: bucket.label + " · " + dateRange(bucket.start, bucket.end), lines, notes, summary };
+  }
+
+  return {
+    buckets, series, totals, previous, describe, integer: metric !== "avg_depth",
+    label: name[0].toUpperCase() + name.slice(1) + " per " + report.granularity
+      + (series.length > 1 ? ", stacked by the top " + (series.length - (series[series.length - 1].name === "Other" ? 1 : 0)) + " rows" : ""),
+  };
+}
+
+function renderChart(report) {
+  const model = chartModel(report);
+  drawChart($("chart"), $("chart-tip"), model);
+  const stackable = ADDITIVE.has(state.metric);
+  $("chart-mode").disabled = !stackable;
+  $("chart-note").textContent = stackable ? ""
+    : "Users and average depth do not add up across rows, so the chart shows the total.";
+  const items = model.series.map((se) => legendItem(se.name, se.color));
+  if (model.previous) items.push(legendItem("Previous period", null, "previous"));
+  if (model.buckets.some((b) => b.faded)) items.push(legendItem("Partial, still filling in or no data", null, "hatched"));
+  $("chart-legend").replaceChildren(...items);
+}
+
+function legendItem(name, color, cls) {
+  const li = document.createElement("li");
+  const swatch = cell("span", "", "swatch" + (cls ? " " + cls : ""));
+  if (color) swatch.style.background = color;
+  li.append(swatch, document.createTextNode(name));
+  return li;
+}
+
+// Movers -----------------------------------------------------------------------------------
+function renderMovers(movers) {
+  const metric = movers.metric;
+  $("movers").hidden = false;
+  $("movers-title").textContent = "Biggest changes in " + METRIC_NAMES[metric] + " against "
+    + dateRange(movers.previous_start, movers.previous_end);
+  const list = (title, items, cls) => {
+    const box = document.createElement("div");
+    box.className = "movers-list " + cls;
+    box.appendChild(cell("h3", title));
+    if (items.length === 0) { box.appendChild(cell("p", "None.", "muted")); return box; }
+    const ol = document.createElement("ol");
+    items.forEach((m) => {
+      const li = document.createElement("li");
+      li.dataset.id = m.id;
+      const change = changeText({ abs: m.change, pct: m.pct }, metric);
+      li.append(cell("span", m.name, "mover-name"), cell("span", change.text, "change " + change.cls),
+        cell("span", fmtValue(m.previous, metric) + " → " + fmtValue(m.current, metric), "mover-values"));
+      ol.appendChild(li);
+    });
+    box.appendChild(ol);
+    return box;
+  };
+  $("movers-body").replaceChildren(list("Up", movers.up, "up"), list("Down", movers.down, "down"));
 }
 
 // CSV --------------------------------------------------------------------------------------
@@ -335,6 +547,7 @@ async function downloadCsv() {
     if (report.org_id) params.org_id = report.org_id;
     const q = $("search").value.trim();
     if (q) params.q = q;
+    if (report.previous) params.compare = "previous";
     const response = await request(API + ".csv", params);
     const disposition = response.headers.get("Content-Disposition") || "";
     const match = /filename="([^"]+)"/.exec(disposition);
@@ -389,7 +602,17 @@ $("apply-range").addEventListener("click", () => {
 $("granularity").addEventListener("change", () => load());
 $("metric").addEventListener("change", (event) => {
   state.metric = event.target.value;
-  if (state.report) render();
+  if (!state.report) return;
+  render();
+  loadMovers();
+});
+$("chart-mode").addEventListener("change", (event) => {
+  state.chartMode = event.target.value;
+  if (state.report) renderChart(state.report);
+});
+$("compare").addEventListener("change", (event) => {
+  state.compare = event.target.checked;
+  load(true);
 });
 $("download").addEventListener("click", downloadCsv);
 $("more").addEventListener("click", () => {
@@ -401,5 +624,6 @@ $("search").addEventListener("input", () => {
   clearTimeout(searchTimer);
   searchTimer = setTimeout(() => load(), 300);
 });
+watchChartSize($("chart"));
 
 if (apiKey()) start(); else showKeyForm("");
