@@ -481,7 +481,9 @@ function chartModel(report) {
     if (isStale(bucket, report) || !report.data_through) notes.push("† After the last complete day, still filling in.");
     const summary = bucket.label + ", " + dateRange(bucket.start, bucket.end) + ": " + name + " "
       + fmtCell(totalCell, metric, true);
-    return { title: bucket.label + " · " + dateRange(bucket.start, bucket.end), lines, notes, summary };
+    const title = bucket.start === bucket.end ? longDate(bucket.start)
+      : bucket.label + " · " + dateRange(bucket.start, bucket.end);
+    return { title, lines, notes, summary };
   }
 
   return {

@@ -174,13 +174,14 @@ function showTip(i, g) {
   tip.replaceChildren(title, ...rows, ...notes);
   tip.dataset.index = i;
   tip.hidden = false;
-  // Above the bar, centred on it, kept inside the chart's box.
+  // Beside the bar (on the side with more room), so it never hides the bar it describes.
   const box = tip.parentElement.getBoundingClientRect();
   const bar = g.getBoundingClientRect();
   const w = tip.offsetWidth;
   const cx = bar.left - box.left + bar.width / 2;
-  tip.style.left = Math.max(0, Math.min(box.width - w, cx - w / 2)) + "px";
-  tip.style.top = Math.max(0, bar.top - box.top + 8) + "px";
+  const x = cx > box.width / 2 ? cx - bar.width / 2 - w - 4 : cx + bar.width / 2 + 4;
+  tip.style.left = Math.max(0, Math.min(box.width - w, x)) + "px";
+  tip.style.top = Math.max(0, bar.top - box.top) + "px";
 }
 
 function hideTip() {
