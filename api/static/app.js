@@ -457,7 +457,7 @@ function chartModel(report) {
   const name = METRIC_NAMES[metric];
   const buckets = report.buckets.map((b) => ({
     key: b.key, label: b.label, start: b.start, end: b.end, marks: bucketMarks(b, report).replace(/ /g, ""),
-    faded: b.partial || isStale(b, report) || isBeforeData(b, report),
+    faded: b.partial || !report.data_through || isStale(b, report) || isBeforeData(b, report),
   }));
 
   function describe(i) {
@@ -481,8 +481,8 @@ function chartModel(report) {
     if (isStale(bucket, report) || !report.data_through) notes.push("† After the last complete day, still filling in.");
     const summary = bucket.label + ", " + dateRange(bucket.start, bucket.end) + ": " + name + " "
       + fmtCell(totalCell, metric, true);
-    const title = bucket.start === bucket.end ? longDate(bucket.start)
-      : bucket.label + " · " + dateRange(bucket.start, bucket.end);
+    const dates = dateRange(bucket.start, bucket.end);
+    const title = dates.startsWith(bucket.label) ? dates : bucket.label + " · " + dates;
     return { title, lines, notes, summary };
   }
 
