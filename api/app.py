@@ -367,7 +367,8 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         run = last[0] if last else {}
         finished = run.get("finished_at")
         lag = timedelta(hours=settings.max_lag_hours)
-        fresh = freshness.judge(nightly, served.data_through, clock(), settings.zone, lag)
+        zone = freshness.served_zone(served.definition, settings.zone)
+        fresh = freshness.judge(nightly, served.data_through, clock(), zone, lag)
         return JSONResponse(
             {
                 "status": fresh.status,
