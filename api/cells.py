@@ -70,7 +70,9 @@ class Cell:
             return self.sums[metric]
         if metric == "users":
             return self.users()[0].value if with_users else None
-        return avg_depth(self.sums["messages"], self.sums["conversations"])
+        # Unrounded, so that changes and ranks are of the exact average.
+        conversations = self.sums["conversations"]
+        return self.sums["messages"] / conversations if conversations else None
 
     def doc(self, with_users: bool) -> Doc:
         users: dict[str, Any] = {
@@ -112,11 +114,16 @@ def change_of(metric: str, now: Number | None, before: Number | None) -> dict[st
         return {"abs": None, "pct": None}
     diff = now - before
     return {
-        "abs": round(diff, 2) if metric == "avg_depth" else diff,
+        "abs": round(diff, 2) if isinstance(diff, float) else diff,
         "pct": round(diff / before * 100, 1) if before else None,
     }
 
 
-def changes(current: Doc, previous: Doc) -> Doc:
-    """The change of every metric between two cell documents."""
-    return {metric: change_of(metric, current[metric], previous[metric]) for metric in METRICS}
+def changes(current: Cell, previous: Cell, with_users: bool) -> Doc:
+    """The change of every metric between two cells."""
+    return {
+        metric: change_of(
+            metric, current.value(metric, with_users), previous.value(metric, with_users)
+        )
+        for metric in METRICS
+    }

@@ -453,7 +453,7 @@ def render(
                 for bucket, cell in zip(previous, line.previous, strict=True)
             ],
         }
-        doc["change"] = changes(totals, before_totals)
+        doc["change"] = changes(line.total(), before, with_users)
     return doc
 
 
@@ -682,8 +682,8 @@ class UsageService:
                     {
                         "id": line.id,
                         "name": line.id,
-                        "current": now_value,
-                        "previous": before_value,
+                        "current": rounded(now_value),
+                        "previous": rounded(before_value),
                         "change": change["abs"],
                         "pct": change["pct"],
                     }
@@ -705,6 +705,11 @@ class UsageService:
             "up": up,
             "down": down,
         }
+
+
+def rounded(value: float | None) -> float | None:
+    """An average as shown: 2 decimals (counts are shown as they are)."""
+    return round(value, 2) if isinstance(value, float) else value
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import pytest
 
 from api.auth import Principal
 from api.buckets import make_buckets
+from api.cells import change_of
 from api.usage import (
     Forbidden,
     Page,
@@ -166,3 +167,40 @@ def test_a_page_and_other_always_add_up_to_the_total(
     assert (got.other.total().sums["conversations"] if got.other else None) == other
     assert got.total.total().sums["conversations"] == total
     assert got.total_rows == count
+
+
+@pytest.mark.parametrize(
+    ("metric", "now", "before", "expected"),
+    [
+        ("conversations", 6, 3, {"abs": 3, "pct": 100.0}),
+        ("conversations", 1, 4, {"abs": -3, "pct": -75.0}),
+        ("conversations", 5, 0, {"abs": 5, "pct": None}),  # no previous: no percentage
+        ("users", 2, 3, {"abs": -1, "pct": -33.3}),
+        ("users", None, 3, {"abs": None, "pct": None}),  # a rollup without users
+        ("avg_depth", 44 / 6, 13 / 3, {"abs": 3.0, "pct": 69.2}),
+        ("avg_depth", 5.0, None, {"abs": None, "pct": None}),  # no previous conversations
+    ],
+)
+def test_a_change_is_absolute_and_in_percent_of_the_previous_figure(
+    metric: str, now: float | None, before: float | None, expected: dict[str, Any]
+) -> None:
+    assert change_of(metric, now, before) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "parameter"),
+    [
+        ({"sort": "change"}, "sort"),
+        ({"start": "0002-01-01", "end": "0002-01-31", "compare": "previous"}, "compare"),
+    ],
+)
+def test_comparisons_that_cannot_be_made_are_refused(given: dict[str, Any], parameter: str) -> None:
+    with pytest.raises(ParamError) as raised:
+        resolve(**given)
+    assert raised.value.param == parameter
+
+
+def test_order_defaults_to_descending_and_to_ascending_for_names() -> None:
+    assert resolve().order == "desc"
+    assert resolve(sort="name").order == "asc"
+    assert resolve(sort="name", order="desc").order == "desc"
