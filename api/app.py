@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pymongo.errors import PyMongoError
 
 from api import auth, metrics
@@ -27,10 +27,15 @@ from api.buckets import GranularityChoice, Scope
 from api.edge import Edge
 from api.fastpath import FastPath
 from api.usage import (
+    Compare,
     Forbidden,
+    Metric,
+    Order,
     ParamError,
+    Sort,
     UsageQuery,
     UsageService,
+    movers_query,
     read_served,
     resolve_query,
 )
@@ -42,7 +47,7 @@ from etl.settings import Settings
 STATIC = Path(__file__).parent / "static"
 MAX_LIMIT = 1000
 log = logging.getLogger("usage.api")
-Metric = Literal["conversations", "messages", "handoffs"]
+MAX_MOVERS = 50
 
 
 class BucketOut(BaseModel):
@@ -53,11 +58,76 @@ class BucketOut(BaseModel):
     partial: bool
 
 
+class CellOut(BaseModel):
+    """The figures of a row in a bucket, or in the whole range (`totals`)."""
+
+    conversations: int
+    messages: int
+    handoffs: int
+    users: int | None = Field(
+        description="Distinct end users: exact for one stored day row, otherwise the union of "
+        "the sketches covered (never a sum of counts); null when the served rollup has no users"
+    )
+    users_estimate: bool = Field(description="True when `users` is an estimate from sketches")
+    users_low: int | None = Field(description="Lower 95 % bound of `users` (equal when exact)")
+    users_high: int | None = Field(description="Upper 95 % bound of `users` (equal when exact)")
+    avg_depth: float | None = Field(
+        description="messages / conversations, 2 decimals; null without conversations"
+    )
+
+
+class BucketCellOut(CellOut):
+    key: str
+
+
+class ChangeOut(BaseModel):
+    abs: float | None = Field(description="current - previous")
+    pct: float | None = Field(description="abs / previous * 100, 1 decimal; null if previous is 0")
+
+
+class PreviousCellsOut(BaseModel):
+    totals: CellOut
+    buckets: list[BucketCellOut]
+
+
 class RowOut(BaseModel):
     id: str | None
     name: str
-    totals: dict[str, int]
-    buckets: list[dict[str, int | str]]
+    totals: CellOut
+    buckets: list[BucketCellOut]
+    previous: PreviousCellsOut | None = Field(
+        default=None, description="The same row in the previous period (compare=previous)"
+    )
+    change: dict[str, ChangeOut] | None = Field(
+        default=None, description="Per metric, totals against the previous totals"
+    )
+
+
+class PreviousPeriodOut(BaseModel):
+    start: str
+    end: str
+    buckets: list[BucketOut]
+
+
+class MoverOut(BaseModel):
+    id: str
+    name: str
+    current: float | None
+    previous: float | None
+    change: float
+    pct: float | None
+
+
+class MoversOut(BaseModel):
+    scope: Literal["platform", "org"]
+    org_id: str | None
+    metric: Metric
+    start: str
+    end: str
+    previous_start: str
+    previous_end: str
+    up: list[MoverOut]
+    down: list[MoverOut]
 
 
 class UsageOut(BaseModel):
@@ -69,7 +139,14 @@ class UsageOut(BaseModel):
     granularity: Literal["day", "week", "month"]
     timezone: str
     metrics: list[str]
+    compare: Compare
+    sort: Sort
+    order: Order
+    metric: Metric
     buckets: list[BucketOut]
+    previous: PreviousPeriodOut | None = Field(
+        description="The previous period's range and buckets (compare=previous), else null"
+    )
     rows: list[RowOut]
     other: RowOut | None
     total: RowOut
@@ -190,6 +267,18 @@ async def usage_query(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Rows per page")] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip")] = 0,
+    compare: Annotated[
+        Compare, Query(description="previous: add the previous period and the change")
+    ] = "none",
+    sort: Annotated[
+        Sort, Query(description="Rank rows by a metric's total, the name, or the change")
+    ] = "conversations",
+    order: Annotated[
+        Order | None, Query(description="desc or asc; desc by default, asc for name")
+    ] = None,
+    metric: Annotated[
+        Metric, Query(description="The metric sort=change ranks by, and the CSV's")
+    ] = "conversations",
 ) -> UsageQuery:
     clock: Callable[[], datetime] = request.app.state.clock
     return resolve_query(
@@ -206,6 +295,10 @@ async def usage_query(
         q=q,
         limit=limit,
         offset=offset,
+        compare=compare,
+        sort=sort,
+        order=order,
+        metric=metric,
     )
 
 
@@ -237,11 +330,21 @@ def csv_lines(report: dict[str, Any], metric: str) -> Iterator[str]:
         writer.writerow(cells)
         return buffer.getvalue()
 
-    yield line(["id", "name", *[b["label"] for b in report["buckets"]], "total"])
+    header = ["id", "name", *[b["label"] for b in report["buckets"]], "total"]
+    previous = report["previous"]
+    if previous is not None:
+        header += [f"previous {b['label']}" for b in previous["buckets"]]
+        header += ["previous_total", "change", "change_pct"]
+    yield line(header)
     for row in [*report["rows"], report["total"]]:
         cells = [cell[metric] for cell in row["buckets"]]
         names = [csv_cell(row["id"] or ""), csv_cell(row["name"])]
-        yield line([*names, *cells, row["totals"][metric]])
+        cells = [*names, *cells, row["totals"][metric]]
+        if previous is not None:
+            cells += [cell[metric] for cell in row["previous"]["buckets"]]
+            change = row["change"][metric]
+            cells += [row["previous"]["totals"][metric], change["abs"], change["pct"]]
+        yield line(cells)
 
 
 def csv_filename(query: UsageQuery, metric: str) -> str:
@@ -311,7 +414,14 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
     async def usage(
         request: Request, service: ServiceDep, principal: PrincipalDep, query: QueryDep
     ) -> Response:
-        """Usage per organization (platform), per agent (org) or for one agent, in buckets."""
+        """Usage per organization (platform), per agent (org) or for one agent, in buckets.
+
+        Every cell has `conversations`, `messages`, `handoffs`, `users` (with
+        `users_estimate`, `users_low`, `users_high`) and `avg_depth`. With compare=previous,
+        `previous` gives the previous period (whole calendar months by month: as many months
+        just before; otherwise every bucket moved back by the range's length in days) and
+        every row, `other` and `total` carry `previous` and `change`. Rows are ranked by
+        `sort` and `order`, ties by id; `other` covers the matching rows not on the page."""
         served = service.known()
         if served is None:
             served = await run_in_threadpool(service.served)
@@ -327,18 +437,64 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         response_class=Response,
         responses={**ERRORS, 200: {"content": {"text/csv": {}}}},
     )
-    def usage_csv(
-        service: ServiceDep, query: QueryDep, metric: Metric = "conversations"
-    ) -> Response:
-        """The same query as CSV: a line per row, a column per bucket, one metric; every
-        row matching `q`, whatever `limit` and `offset` say."""
+    def usage_csv(service: ServiceDep, query: QueryDep) -> Response:
+        """The same query as CSV: a line per row, a column per bucket, one `metric`; every
+        row matching `q`, whatever `limit` and `offset` say. With compare=previous, after
+        `total`: a column per previous bucket, `previous_total`, `change`, `change_pct`."""
         report = service.report(replace(query, limit=None, offset=0))
-        disposition = f'attachment; filename="{csv_filename(query, metric)}"'
+        disposition = f'attachment; filename="{csv_filename(query, query.metric)}"'
         return StreamingResponse(
-            csv_lines(report, metric),
+            csv_lines(report, query.metric),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": disposition},
         )
+
+    @app.get("/api/aggregations/movers", response_model=MoversOut, responses=ERRORS)
+    async def movers(
+        request: Request,
+        service: ServiceDep,
+        principal: PrincipalDep,
+        scope: Annotated[
+            Literal["platform", "org"], Query(description="platform: organizations; org: agents")
+        ] = "platform",
+        org_id: Annotated[str | None, Query(description="Organization id (org)")] = None,
+        start: Annotated[str | None, Query(description="First day, YYYY-MM-DD")] = None,
+        end: Annotated[str | None, Query(description="Last day, YYYY-MM-DD, inclusive")] = None,
+        include_internal: Annotated[bool, Query(description="Staff only")] = False,
+        metric: Annotated[Metric, Query(description="The metric compared")] = "conversations",
+        n: Annotated[int, Query(ge=1, le=MAX_MOVERS, description="Rows up and rows down")] = 5,
+    ) -> Response:
+        """The rows that grew most (`up`, largest change first) and fell most (`down`, most
+        negative first) against the previous period, ties by id.
+
+        The previous period of whole calendar months is as many whole months just before;
+        of any other range, as many days just before. Same defaults and access rules as
+        usage: a customer key's platform request is its own organization's (its agents)."""
+        query = movers_query(
+            resolve_query(
+                scope=scope,
+                org_id=org_id,
+                agent_id=None,
+                start=start,
+                end=end,
+                granularity="auto",
+                include_internal=include_internal,
+                principal=principal,
+                today=today(),
+                settings=settings,
+                compare="previous",
+                metric=metric,
+            )
+        )
+        served = service.known()
+        if served is None:
+            served = await run_in_threadpool(service.served)
+        key = (principal.key_id, b"movers?" + request.scope["query_string"], today())
+        body = service.cached(key, served)
+        if body is None:
+            body = await run_in_threadpool(service.movers_json, query, n, served)
+            service.remember(key, served, body)
+        return Response(body, media_type="application/json")
 
     @app.get("/api/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
     def health() -> JSONResponse:
@@ -367,7 +523,8 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         run = last[0] if last else {}
         finished = run.get("finished_at")
         lag = timedelta(hours=settings.max_lag_hours)
-        fresh = freshness.judge(nightly, served.data_through, clock(), settings.zone, lag)
+        zone = freshness.served_zone(served.definition, settings.zone)
+        fresh = freshness.judge(nightly, served.data_through, clock(), zone, lag)
         return JSONResponse(
             {
                 "status": fresh.status,

@@ -119,3 +119,53 @@ def make_buckets(
         )
         day = end + timedelta(days=1)
     return buckets
+
+
+def is_whole_months(first: date, last: date) -> bool:
+    """Whether first..last runs from the 1st of a month to the last day of a month."""
+    return first == month_start(first) and last == month_end(last)
+
+
+def period_bucket(start: date, end: date, granularity: Granularity, first_weekday: int) -> Bucket:
+    """The bucket start..end, keyed and labelled as a calendar bucket when it is a whole one,
+    otherwise by its dates (partial)."""
+    whole = bucket_bounds(start, granularity, first_weekday) == (start, end)
+    if whole:
+        return Bucket(
+            bucket_key(start, granularity, first_weekday),
+            label(start, end, granularity),
+            start,
+            end,
+            False,
+        )
+    text = label(start, end, "week") if granularity == "month" else label(start, end, granularity)
+    return Bucket(f"{start.isoformat()}..{end.isoformat()}", text, start, end, True)
+
+
+def previous_buckets(
+    buckets: list[Bucket], granularity: Granularity, first_weekday: int
+) -> list[Bucket]:
+    """The previous period, a bucket for each of `buckets` (contiguous, in order).
+
+    Whole calendar months by month: as many whole months just before, month i shifted back.
+    Otherwise every bucket is moved back by the range's length in days, keeping its length.
+    Raises OverflowError when the previous period would start before the calendar does.
+    """
+    first, last = buckets[0].start, buckets[-1].end
+    if granularity == "month" and is_whole_months(first, last):
+        months = len(buckets)
+        starts = [add_months(bucket.start, -months) for bucket in buckets]
+        return [period_bucket(start, month_end(start), "month", first_weekday) for start in starts]
+    shift = timedelta(days=range_days(first, last))
+    return [
+        period_bucket(bucket.start - shift, bucket.end - shift, granularity, first_weekday)
+        for bucket in buckets
+    ]
+
+
+def previous_range(first: date, last: date, granularity: Granularity) -> tuple[date, date]:
+    """The previous period of first..last, as `previous_buckets` divides it."""
+    if granularity == "month" and is_whole_months(first, last):
+        months = (last.year - first.year) * 12 + last.month - first.month + 1
+        return add_months(first, -months), first - timedelta(days=1)
+    return first - timedelta(days=range_days(first, last)), first - timedelta(days=1)

@@ -4,9 +4,9 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
 from bson import ObjectId
 from pymongo.database import Database
@@ -18,10 +18,14 @@ from api.buckets import (
     GranularityChoice,
     Scope,
     default_range,
+    is_whole_months,
     make_buckets,
+    previous_buckets,
+    previous_range,
     range_days,
     resolve_granularity,
 )
+from api.cells import MEASURES, METRICS, Cell, change_of, changes, combined
 from etl import dates, ledger, runs
 from etl.db import (
     USAGE_DAILY,
@@ -31,12 +35,14 @@ from etl.db import (
     Databases,
     Doc,
 )
-from etl.definition import LATTICE_VERSION, Definition
-from etl.rollup import MEASURES
+from etl.definition import LATTICE_VERSION, USERS_VERSION, Definition
 from etl.settings import Settings
 from etl.source import UNATTRIBUTED
 
-METRICS = list(MEASURES)
+Metric = Literal["conversations", "messages", "handoffs", "users", "avg_depth"]
+Sort = Literal["conversations", "messages", "handoffs", "users", "avg_depth", "name", "change"]
+Order = Literal["desc", "asc"]
+Compare = Literal["none", "previous"]
 
 
 class ParamError(Exception):
@@ -65,6 +71,11 @@ class UsageQuery:
     q: str | None = None
     limit: int | None = None
     offset: int = 0
+    # The previous period alongside, and how rows are ranked (`metric`: what sort=change ranks).
+    compare: Compare = "none"
+    sort: Sort = "conversations"
+    order: Order = "desc"
+    metric: Metric = "conversations"
 
 
 def parse_date(value: str | None, param: str) -> date | None:
@@ -91,6 +102,10 @@ def resolve_query(
     q: str | None = None,
     limit: int | None = None,
     offset: int = 0,
+    compare: Compare = "none",
+    sort: Sort = "conversations",
+    order: Order | None = None,
+    metric: Metric = "conversations",
 ) -> UsageQuery:
     """Apply defaults, validation and the access rules to the raw parameters."""
     if not principal.is_staff:
@@ -133,17 +148,31 @@ def resolve_query(
             "end",
             f"the range is {range_days(first, last)} days; at most {settings.max_range_days}",
         )
+    if sort == "change" and compare != "previous":
+        raise ParamError("sort", "sort=change needs compare=previous")
+    resolved = resolve_granularity(granularity, first, last)
+    if compare == "previous":
+        try:
+            previous_first: date | None = previous_range(first, last, resolved)[0]
+        except (OverflowError, ValueError):
+            previous_first = None
+        if previous_first is None or previous_first < dates.FIRST_DAY:
+            raise ParamError("compare", f"the previous period would start before {dates.FIRST_DAY}")
     return UsageQuery(
         scope=scope,
         org_id=org_id,
         agent_id=agent_id,
         first=first,
         last=last,
-        granularity=resolve_granularity(granularity, first, last),
+        granularity=resolved,
         include_internal=include_internal,
         q=q.strip().casefold() if q and q.strip() else None,
         limit=limit,
         offset=offset,
+        compare=compare,
+        sort=sort,
+        order=order or ("asc" if sort == "name" else "desc"),
+        metric=metric,
     )
 
 
@@ -163,11 +192,11 @@ def scope_filter(query: UsageQuery, settings: Settings) -> Doc:
 
 
 def bucket_expr(buckets: list[Bucket], granularity: Granularity) -> Any:
-    """An expression mapping a row's `day` string to its bucket key, in the database."""
+    """An expression mapping a day row's `day` string to its bucket key, in the database.
+
+    `buckets` are contiguous and in order, calendar buckets or not (a previous period's)."""
     if granularity == "day":
         return "$day"
-    if granularity == "month":
-        return {"$substrBytes": ["$day", 0, 7]}
     branches = [
         {"case": {"$lt": ["$day", following.start.isoformat()]}, "then": bucket.key}
         for bucket, following in zip(buckets, buckets[1:], strict=False)
@@ -177,30 +206,41 @@ def bucket_expr(buckets: list[Bucket], granularity: Granularity) -> Any:
     return {"$switch": {"branches": branches, "default": buckets[-1].key}}
 
 
-def group_stage(query: UsageQuery, bucket: Any) -> Doc:
+def group_stage(query: UsageQuery, bucket: Any, with_users: bool) -> Doc:
     group_field = "$org_id" if query.scope == "platform" else "$agent_id"
+    users: Doc = {}
+    if with_users:
+        # A day row's own count is exact when it is alone in its cell; otherwise the cell's
+        # users are the union of the sketches, done by the API (the server cannot).
+        users = {"users": {"$sum": "$users"}, "users_hll": {"$push": "$users_hll"}}
     return {
         "$group": {
             "_id": {"id": group_field, "b": bucket},
-            **{name: {"$sum": f"${name}"} for name in METRICS},
+            **{name: {"$sum": f"${name}"} for name in MEASURES},
+            "rows": {"$sum": 1},
+            **users,
         }
     }
 
 
-def daily_pipeline(query: UsageQuery, buckets: list[Bucket], settings: Settings) -> list[Doc]:
+def daily_pipeline(
+    query: UsageQuery, buckets: list[Bucket], settings: Settings, with_users: bool = False
+) -> list[Doc]:
     """Group the daily rows of `buckets` (contiguous, in order) into them."""
     days = {"$gte": buckets[0].start.isoformat(), "$lte": buckets[-1].end.isoformat()}
     return [
         {"$match": {"day": days, **scope_filter(query, settings)}},
-        group_stage(query, bucket_expr(buckets, query.granularity)),
+        group_stage(query, bucket_expr(buckets, query.granularity), with_users),
     ]
 
 
-def monthly_pipeline(query: UsageQuery, months: list[str], settings: Settings) -> list[Doc]:
+def monthly_pipeline(
+    query: UsageQuery, months: list[str], settings: Settings, with_users: bool = False
+) -> list[Doc]:
     """Group the monthly rows of whole months: a few rows stand for a month of days."""
     return [
         {"$match": {"month": {"$in": months}, **scope_filter(query, settings)}},
-        group_stage(query, "$month"),
+        group_stage(query, "$month", with_users),
     ]
 
 
@@ -210,25 +250,35 @@ def fetch_groups(
     buckets: list[Bucket],
     generation: int,
     organization_levels: bool = True,
+    with_users: bool = False,
 ) -> list[Doc]:
     """Rollup totals per (row id, bucket key), from the coarsest rows that are exact: a
     platform view needs no agents, so it reads the organization levels (when the generation
-    has them: a rollup from before them, served until it is rebuilt, has not)."""
+    has them: a rollup from before them, served until it is rebuilt, has not).
+
+    Whole calendar months are read from a monthly level; every other run of contiguous
+    buckets (days, weeks, clipped months, a previous period's shifted buckets) is grouped from
+    day rows. Each group says whether it came from a derived level (`derived`)."""
     settings = dbs.settings
     by_org = query.scope == "platform" and organization_levels
     daily = dbs.reader(USAGE_ORG_DAILY if by_org else USAGE_DAILY, generation)
-    if query.granularity != "month":
-        return list(daily.aggregate(daily_pipeline(query, buckets, settings)))
-    groups: list[Doc] = []
-    whole = [bucket.key for bucket in buckets if not bucket.partial]
-    if whole:
-        pipeline = monthly_pipeline(query, whole, settings)
-        monthly = dbs.reader(USAGE_ORG_MONTHLY if by_org else USAGE_MONTHLY, generation)
-        groups += monthly.aggregate(pipeline)
-    # Only the first and the last month of a range can be clipped.
+    months: list[str] = []
+    runs_of_days: list[list[Bucket]] = [[]]
     for bucket in buckets:
-        if bucket.partial:
-            groups += daily.aggregate(daily_pipeline(query, [bucket], settings))
+        if query.granularity == "month" and not bucket.partial:
+            months.append(bucket.key)
+            runs_of_days.append([])
+        else:
+            runs_of_days[-1].append(bucket)
+    groups: list[Doc] = []
+    if months:
+        monthly = dbs.reader(USAGE_ORG_MONTHLY if by_org else USAGE_MONTHLY, generation)
+        for group in monthly.aggregate(monthly_pipeline(query, months, settings, with_users)):
+            groups.append({**group, "derived": True})
+    for run in runs_of_days:
+        if run:
+            pipeline = daily_pipeline(query, run, settings, with_users)
+            groups += ({**group, "derived": by_org} for group in daily.aggregate(pipeline))
     return groups
 
 
@@ -245,74 +295,176 @@ def fetch_names(db: Database[Doc], collection: str, ids: list[str]) -> dict[str,
     return names
 
 
-def zero() -> dict[str, int]:
-    return dict.fromkeys(METRICS, 0)
-
-
 def fold(
-    groups: list[Doc], buckets: list[Bucket], names: dict[str, str], always: tuple[str, ...] = ()
-) -> tuple[list[Doc], Doc]:
-    """Rows (sorted by conversations, largest first) and their total, every bucket present.
-
-    Ids in `always` get a row even when they had no activity.
-    """
-    cells: dict[str, dict[str, dict[str, int]]] = {row_id: {} for row_id in always}
+    groups: list[Doc], buckets: list[Bucket], always: tuple[str, ...] = ()
+) -> dict[str, list[Cell]]:
+    """Cells per row id, one per bucket in order; ids in `always` get a row even when they
+    had no activity."""
+    index = {bucket.key: n for n, bucket in enumerate(buckets)}
+    cells: dict[str, list[Cell]] = {}
+    for row_id in always:
+        cells[row_id] = [Cell() for _ in buckets]
     for group in groups:
-        row = cells.setdefault(group["_id"]["id"], {})
-        cell = row.setdefault(group["_id"]["b"], zero())
-        for name in METRICS:
-            cell[name] += int(group[name])
+        row = cells.get(group["_id"]["id"])
+        if row is None:
+            row = cells[group["_id"]["id"]] = [Cell() for _ in buckets]
+        row[index[group["_id"]["b"]]].add_group(group)
+    return cells
 
-    def make_row(row_id: str | None, name: str, by_key: dict[str, dict[str, int]]) -> Doc:
-        cells_in_order = [by_key.get(b.key, zero()) for b in buckets]
-        series = [{"key": b.key, **cell} for b, cell in zip(buckets, cells_in_order, strict=True)]
-        totals = {name: sum(cell[name] for cell in cells_in_order) for name in METRICS}
-        return {"id": row_id, "name": name, "totals": totals, "buckets": series}
 
-    rows = [make_row(i, names.get(i, i), by_key) for i, by_key in cells.items()]
-    rows.sort(key=lambda row: (-row["totals"]["conversations"], row["name"], row["id"]))
-    total_cells: dict[str, dict[str, int]] = {}
-    for by_key in cells.values():
-        for key, cell in by_key.items():
-            into = total_cells.setdefault(key, zero())
-            for name in METRICS:
-                into[name] += cell[name]
-    return rows, make_row(None, "Total", total_cells)
+@dataclass
+class Line:
+    """A row of a report: its cells per bucket, and per previous bucket when compared."""
+
+    id: str | None
+    cells: list[Cell]
+    previous: list[Cell] | None = None
+    _total: Cell | None = None
+    _previous_total: Cell | None = None
+
+    def total(self) -> Cell:
+        if self._total is None:
+            self._total = combined(self.cells)
+        return self._total
+
+    def previous_total(self) -> Cell | None:
+        if self.previous is None:
+            return None
+        if self._previous_total is None:
+            self._previous_total = combined(self.previous)
+        return self._previous_total
+
+
+def make_lines(
+    current: dict[str, list[Cell]], previous: dict[str, list[Cell]] | None, buckets: int
+) -> list[Line]:
+    """A line per id active in either period (compared: a row that stopped is a change too)."""
+    if previous is None:
+        return [Line(row_id, cells) for row_id, cells in current.items()]
+    ids = list(current) + [row_id for row_id in previous if row_id not in current]
+    empty = [Cell() for _ in range(buckets)]
+    return [Line(row_id, current.get(row_id, empty), previous.get(row_id, empty)) for row_id in ids]
+
+
+def sum_lines(lines: list[Line], buckets: int, compared: bool) -> Line:
+    """A line (id None) covering `lines`, bucket by bucket: measures summed, users united."""
+    cells = [combined(line.cells[n] for line in lines) for n in range(buckets)]
+    previous = None
+    if compared:
+        previous = [
+            combined(line.previous[n] for line in lines if line.previous is not None)
+            for n in range(buckets)
+        ]
+    return Line(None, cells, previous)
+
+
+def sort_value(line: Line, query: UsageQuery, names: dict[str, str], with_users: bool) -> Any:
+    """What a line is ranked by; None sorts last in either order."""
+    assert line.id is not None
+    if query.sort == "name":
+        return names.get(line.id, line.id).casefold()
+    if query.sort == "change":
+        before = line.previous_total()
+        if before is None:
+            return None
+        now_value = line.total().value(query.metric, with_users)
+        before_value = before.value(query.metric, with_users)
+        return change_of(query.metric, now_value, before_value)["abs"]
+    return line.total().value(query.sort, with_users)
+
+
+def sort_lines(
+    lines: list[Line], query: UsageQuery, names: dict[str, str], with_users: bool
+) -> list[Line]:
+    """Lines by the query's sort and order, ties by id ascending, missing values last."""
+    by_id = sorted(lines, key=lambda line: line.id or "")
+    valued = [(sort_value(line, query, names, with_users), line) for line in by_id]
+    present = [pair for pair in valued if pair[0] is not None]
+    # Sorting is stable, also reversed: equal values keep the id order.
+    present.sort(key=lambda pair: pair[0], reverse=query.order == "desc")
+    return [line for _, line in present] + [line for value, line in valued if value is None]
 
 
 @dataclass(frozen=True)
 class Page:
-    rows: list[Doc]
-    # The rows matching the filter that are not on this page, summed; None when there are none.
-    other: Doc | None
-    total: Doc
+    rows: list[Line]
+    # The rows matching the filter that are not on this page, combined; None when none.
+    other: Line | None
+    total: Line
     total_rows: int
 
 
-def sum_rows(rows: list[Doc], buckets: list[Bucket], name: str) -> Doc:
-    """A row (id None) that sums `rows`, bucket by bucket."""
-    cells = [zero() for _ in buckets]
-    for row in rows:
-        for cell, bucket_cell in zip(cells, row["buckets"], strict=True):
-            for metric in METRICS:
-                cell[metric] += int(bucket_cell[metric])
-    series = [{"key": b.key, **cell} for b, cell in zip(buckets, cells, strict=True)]
-    totals = {metric: sum(cell[metric] for cell in cells) for metric in METRICS}
-    return {"id": None, "name": name, "totals": totals, "buckets": series}
-
-
-def paginate(rows: list[Doc], total: Doc, buckets: list[Bucket], query: UsageQuery) -> Page:
-    """The rows matching `q` (in name or id), one page of them, and an `Other` row summing
-    the rest, so that page + Other = total, the total of every matching row."""
+def paginate(
+    lines: list[Line],
+    buckets: int,
+    query: UsageQuery,
+    names: dict[str, str],
+    with_users: bool = False,
+) -> Page:
+    """The lines matching `q` (in name or id), sorted, one page of them, and an `Other` line
+    covering the rest, so that page + Other = total, the total of every matching line (the
+    measures summed; Other's users are the union of the rest, like the total's of all)."""
     if query.q is not None:
         needle = query.q
-        rows = [r for r in rows if needle in r["name"].casefold() or needle in (r["id"] or "")]
-        total = sum_rows(rows, buckets, "Total")
+        lines = [
+            line
+            for line in lines
+            if line.id is not None
+            and (needle in names.get(line.id, line.id).casefold() or needle in line.id)
+        ]
+    compared = query.compare == "previous"
+    total = sum_lines(lines, buckets, compared)
+    lines = sort_lines(lines, query, names, with_users)
     if query.limit is None:
-        return Page(rows[query.offset :], None, total, len(rows))
+        return Page(lines[query.offset :], None, total, len(lines))
     end = query.offset + query.limit
-    page, rest = rows[query.offset : end], rows[: query.offset] + rows[end:]
-    return Page(page, sum_rows(rest, buckets, "Other") if rest else None, total, len(rows))
+    page, rest = lines[query.offset : end], lines[: query.offset] + lines[end:]
+    other = sum_lines(rest, buckets, compared) if rest else None
+    return Page(page, other, total, len(lines))
+
+
+def render(
+    line: Line,
+    name: str,
+    buckets: list[Bucket],
+    previous: list[Bucket] | None,
+    with_users: bool,
+) -> Doc:
+    """A line as the API shows it: figures only, never a sketch."""
+    totals = line.total().doc(with_users)
+    doc: Doc = {
+        "id": line.id,
+        "name": name,
+        "totals": totals,
+        "buckets": [
+            {"key": bucket.key, **cell.doc(with_users)}
+            for bucket, cell in zip(buckets, line.cells, strict=True)
+        ],
+        "previous": None,
+        "change": None,
+    }
+    before = line.previous_total()
+    if previous is not None and line.previous is not None and before is not None:
+        before_totals = before.doc(with_users)
+        doc["previous"] = {
+            "totals": before_totals,
+            "buckets": [
+                {"key": bucket.key, **cell.doc(with_users)}
+                for bucket, cell in zip(previous, line.previous, strict=True)
+            ],
+        }
+        doc["change"] = changes(line.total(), before, with_users)
+    return doc
+
+
+def bucket_doc(bucket: Bucket) -> Doc:
+    return {
+        "key": bucket.key,
+        "label": bucket.label,
+        "start": bucket.start.isoformat(),
+        "end": bucket.end.isoformat(),
+        "partial": bucket.partial,
+    }
 
 
 @dataclass(frozen=True)
@@ -412,26 +564,57 @@ class UsageService:
         self.misses += 1
         return json.dumps(self.report(query, served), separators=(",", ":")).encode()
 
-    def report(self, query: UsageQuery, served: Served | None = None) -> Doc:
-        served = served or self.served()
+    def names(self, query: UsageQuery, ids: list[str]) -> dict[str, str]:
+        """Display names of `ids`, which must be rows with data in what the key may see: an
+        agent id of another organization asked for by name gets its id back, never the
+        other's name."""
+        if query.scope == "platform":
+            return fetch_names(self.dbs.source, self.settings.org_names, ids)
+        names = fetch_names(self.dbs.source, self.settings.agent_names_collection, ids)
+        names[UNATTRIBUTED] = "Unattributed"
+        return names
+
+    def lines(self, query: UsageQuery, served: Served) -> "Lines":
+        """The query's lines, every active one, and the buckets they are in."""
         settings = self.settings
         buckets = make_buckets(
             query.first, query.last, query.granularity, settings.week_start_index
         )
         definition = served.definition
         lattice = definition is not None and definition.version >= LATTICE_VERSION
-        groups = fetch_groups(self.dbs, query, buckets, served.generation, lattice)
-        active = sorted({group["_id"]["id"] for group in groups})
-        # Names only for rows with data in what the key may see: an agent id of another
-        # organization asked for by name gets its id back, never the other's name.
-        if query.scope == "platform":
-            names = fetch_names(self.dbs.source, settings.org_names, active)
-        else:
-            names = fetch_names(self.dbs.source, settings.agent_names_collection, active)
-            names[UNATTRIBUTED] = "Unattributed"
+        with_users = definition is not None and definition.version >= USERS_VERSION
+        fetch_args = (served.generation, lattice, with_users)
+        groups = fetch_groups(self.dbs, query, buckets, *fetch_args)
         always = (query.agent_id,) if query.agent_id else ()
-        rows, total = fold(groups, buckets, names, always)
-        page = paginate(rows, total, buckets, query)
+        current = fold(groups, buckets, always)
+        active = {group["_id"]["id"] for group in groups}
+        before: list[Bucket] | None = None
+        previous = None
+        if query.compare == "previous":
+            before = previous_buckets(buckets, query.granularity, settings.week_start_index)
+            previous_groups = fetch_groups(self.dbs, query, before, *fetch_args)
+            previous = fold(previous_groups, before, always)
+            active |= {group["_id"]["id"] for group in previous_groups}
+        lines = make_lines(current, previous, len(buckets))
+        return Lines(lines, buckets, before, active, with_users)
+
+    def report(self, query: UsageQuery, served: Served | None = None) -> Doc:
+        served = served or self.served()
+        found = self.lines(query, served)
+        # Every name only when the rows are searched or ranked by it: a platform of 10,000
+        # organizations otherwise costs one page of names.
+        every_name = query.q is not None or query.sort == "name"
+        names = self.names(query, sorted(found.active)) if every_name else {}
+        page = paginate(found.lines, len(found.buckets), query, names, found.with_users)
+        if not every_name:
+            ids = [line.id for line in page.rows if line.id and line.id in found.active]
+            names = self.names(query, ids)
+
+        def shown(line: Line, name: str | None = None) -> Doc:
+            label = name or names.get(line.id or "", line.id or "")
+            return render(line, label, found.buckets, found.previous, found.with_users)
+
+        definition = served.definition
         return {
             "scope": query.scope,
             "org_id": query.org_id,
@@ -439,21 +622,25 @@ class UsageService:
             "start": query.first.isoformat(),
             "end": query.last.isoformat(),
             "granularity": query.granularity,
-            "timezone": definition.timezone if definition else settings.timezone,
+            "timezone": definition.timezone if definition else self.settings.timezone,
             "metrics": METRICS,
-            "buckets": [
+            "compare": query.compare,
+            "sort": query.sort,
+            "order": query.order,
+            "metric": query.metric,
+            "buckets": [bucket_doc(b) for b in found.buckets],
+            "previous": (
                 {
-                    "key": b.key,
-                    "label": b.label,
-                    "start": b.start.isoformat(),
-                    "end": b.end.isoformat(),
-                    "partial": b.partial,
+                    "start": found.previous[0].start.isoformat(),
+                    "end": found.previous[-1].end.isoformat(),
+                    "buckets": [bucket_doc(b) for b in found.previous],
                 }
-                for b in buckets
-            ],
-            "rows": page.rows,
-            "other": page.other,
-            "total": page.total,
+                if found.previous
+                else None
+            ),
+            "rows": [shown(line) for line in page.rows],
+            "other": shown(page.other, "Other") if page.other else None,
+            "total": shown(page.total, "Total"),
             "total_rows": page.total_rows,
             "limit": query.limit,
             "offset": query.offset,
@@ -471,3 +658,74 @@ class UsageService:
             "generation": served.generation,
             "definition": served.definition_doc(),
         }
+
+    def movers_json(self, query: UsageQuery, n: int, served: Served) -> bytes:
+        self.misses += 1
+        return json.dumps(self.movers(query, n, served), separators=(",", ":")).encode()
+
+    def movers(self, query: UsageQuery, n: int, served: Served | None = None) -> Doc:
+        """The `n` rows whose `query.metric` grew most and the `n` that fell most against
+        the previous period."""
+        served = served or self.served()
+        query = replace(query, compare="previous", limit=None, offset=0, q=None)
+        found = self.lines(query, served)
+        assert found.previous is not None
+        moves: list[Doc] = []
+        for line in sorted(found.lines, key=lambda line: line.id or ""):
+            before = line.previous_total()
+            assert line.id is not None and before is not None
+            now_value = line.total().value(query.metric, found.with_users)
+            before_value = before.value(query.metric, found.with_users)
+            change = change_of(query.metric, now_value, before_value)
+            if change["abs"]:
+                moves.append(
+                    {
+                        "id": line.id,
+                        "name": line.id,
+                        "current": rounded(now_value),
+                        "previous": rounded(before_value),
+                        "change": change["abs"],
+                        "pct": change["pct"],
+                    }
+                )
+        # Stable sorts over the id order: ties stay by id.
+        up = sorted((m for m in moves if m["change"] > 0), key=lambda m: -m["change"])[:n]
+        down = sorted((m for m in moves if m["change"] < 0), key=lambda m: m["change"])[:n]
+        names = self.names(query, [m["id"] for m in up + down if m["id"] in found.active])
+        for move in up + down:
+            move["name"] = names.get(move["id"], move["id"])
+        return {
+            "scope": query.scope,
+            "org_id": query.org_id,
+            "metric": query.metric,
+            "start": query.first.isoformat(),
+            "end": query.last.isoformat(),
+            "previous_start": found.previous[0].start.isoformat(),
+            "previous_end": found.previous[-1].end.isoformat(),
+            "up": up,
+            "down": down,
+        }
+
+
+def rounded(value: float | None) -> float | None:
+    """An average as shown: 2 decimals (counts are shown as they are)."""
+    return round(value, 2) if isinstance(value, float) else value
+
+
+@dataclass(frozen=True)
+class Lines:
+    lines: list[Line]
+    buckets: list[Bucket]
+    # The previous period's buckets, when compared.
+    previous: list[Bucket] | None
+    # Ids with data in either period: the only ones whose names may be shown.
+    active: set[str]
+    with_users: bool
+
+
+def movers_query(query: UsageQuery) -> UsageQuery:
+    """Movers compare totals: a range of whole months is compared with as many whole months
+    before it, whatever granularity its length would get."""
+    if is_whole_months(query.first, query.last):
+        return replace(query, granularity="month")
+    return query

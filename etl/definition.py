@@ -16,6 +16,7 @@ PIPELINE_VERSION = 2
 # The first version whose generations have the organization levels (usage_org_daily,
 # usage_org_monthly); a rollup adopted from before is read from its agent rows until rebuilt.
 LATTICE_VERSION = 2
+USERS_VERSION = 3
 ATTRIBUTION = DEPLOYMENT.attribution
 SKIP_RULES = DEPLOYMENT.skip_rules
 

@@ -9,6 +9,7 @@ from pymongo import DESCENDING
 
 from etl import ledger, runs
 from etl.db import Databases, Doc
+from etl.definition import Definition
 from etl.source import day_start_utc
 
 Status = Literal["ok", "never_ran", "failed", "stale"]
@@ -65,8 +66,16 @@ def verdict(
     return found.fresh, found.line
 
 
+def served_zone(definition: Definition | None, fallback: ZoneInfo) -> ZoneInfo:
+    """The timezone whose days the served rollup counts: its definition's, which differs
+    from the settings' between a changed setting and its rebuild."""
+    return ZoneInfo(definition.timezone) if definition is not None else fallback
+
+
 def check(dbs: Databases, now: datetime, max_lag: timedelta) -> tuple[bool, str]:
     """The verdict on the rollup in `dbs` at `now`."""
-    # What the API serves: the served generation's data_through.
-    through = ledger.data_through(dbs, ledger.read_state(dbs.rollup))
-    return verdict(last_nightly(dbs), through, now, dbs.settings.zone, max_lag)
+    # What the API serves: the served generation's data_through, in its own days.
+    state = ledger.read_state(dbs.rollup)
+    through = ledger.data_through(dbs, state)
+    zone = served_zone(state.definition if state else None, dbs.settings.zone)
+    return verdict(last_nightly(dbs), through, now, zone, max_lag)

@@ -7,6 +7,7 @@ never fails a run: a failure to export is logged.
 """
 
 import contextlib
+import fcntl
 import logging
 import os
 import tempfile
@@ -136,7 +137,21 @@ def merged(previous: str, kind: str, new: list[Metric]) -> list[Metric]:
 
 def write_textfile(path: Path, kind: str, new: list[Metric]) -> None:
     """Merge into `path` through a temporary file renamed over it: node_exporter never
-    reads half a file (it reads only `*.prom`, so the temporary name ends otherwise)."""
+    reads half a file (it reads only `*.prom`, so the temporary name ends otherwise).
+
+    Runs of different kinds may finish together (a repair during a nightly run): the
+    read-merge-replace holds an exclusive lock on the directory, so neither loses the
+    other's series, and no lock file is left beside the textfile.
+    """
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        _merge_into(path, kind, new)
+    finally:
+        os.close(directory)  # releases the lock
+
+
+def _merge_into(path: Path, kind: str, new: list[Metric]) -> None:
     previous = path.read_text() if path.exists() else ""
     body = exposition(merged(previous, kind, new))
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -5,6 +5,8 @@ from typing import Any
 
 from bson import ObjectId
 
+from etl import sketches
+
 ORG_A = ObjectId("65e18830a0616000137bb854")
 ORG_B = ObjectId("65e18830a0616000137bb855")
 BOT_1 = "6601aa00aa00aa00aa00aa01"
@@ -36,10 +38,17 @@ DROP = object()
 
 
 def make_row(
-    org: str, agent: str, day: str, conversations: int, messages: int = 0, handoffs: int = 0
+    org: str,
+    agent: str,
+    day: str,
+    conversations: int,
+    messages: int = 0,
+    handoffs: int = 0,
+    user_ids: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A usage_daily row, as the rollup stores it."""
-    return {
+    """A usage_daily row, as the rollup stores it; with `user_ids`, its users and their
+    sketch (omitted when there are none), as a rollup with users stores them."""
+    row: dict[str, Any] = {
         "_id": f"{org}:{agent}:{day}",
         "org_id": org,
         "agent_id": agent,
@@ -48,34 +57,27 @@ def make_row(
         "messages": messages,
         "handoffs": handoffs,
     }
+    if user_ids is not None:
+        row["users"] = len(set(user_ids))
+        if user_ids:
+            row["users_hll"] = sketches.of_ids(user_ids)
+    return row
 
 
-def monthly_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The usage_monthly rows that daily rows sum to."""
-    months: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        month = row["day"][:7]
-        key = f"{row['org_id']}:{row['agent_id']}:{month}"
-        into = months.setdefault(
-            key,
-            {
-                "_id": key,
-                "org_id": row["org_id"],
-                "agent_id": row["agent_id"],
-                "month": month,
-                "conversations": 0,
-                "messages": 0,
-                "handoffs": 0,
-            },
-        )
-        for name in ("conversations", "messages", "handoffs"):
-            into[name] += row[name]
-    return list(months.values())
+def with_users(into: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A derived row's users: the union of its day rows' sketches, when they have users."""
+    if any("users" in row for row in rows):
+        union = sketches.union(row.get("users_hll") for row in rows)
+        into["users"] = union.estimate().value
+        if not union.empty:
+            into["users_hll"] = union.sketch()
+    return into
 
 
 def summed(rows: list[dict[str, Any]], by_agent: bool, period: str) -> list[dict[str, Any]]:
     """Rows summed by (org[, agent], day or month), as a coarser level stores them."""
     out: dict[str, dict[str, Any]] = {}
+    members: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         when = row["day"] if period == "day" else row["day"][:7]
         parts = [row["org_id"], row["agent_id"], when] if by_agent else [row["org_id"], when]
@@ -91,11 +93,17 @@ def summed(rows: list[dict[str, Any]], by_agent: bool, period: str) -> list[dict
                 "handoffs": 0,
             },
         )
+        members.setdefault(key, []).append(row)
         if by_agent:
             into["agent_id"] = row["agent_id"]
         for name in ("conversations", "messages", "handoffs"):
             into[name] += row[name]
-    return list(out.values())
+    return [with_users(into, members[key]) for key, into in out.items()]
+
+
+def monthly_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The usage_monthly rows that daily rows sum to."""
+    return summed(rows, True, "month")
 
 
 def store_rows(dbs: Any, rows: list[dict[str, Any]]) -> None:

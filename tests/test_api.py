@@ -101,15 +101,32 @@ def test_platform_default_is_six_full_months_by_organization(api: Api) -> None:
         "Oct 2026",
     ]
     rows = body["rows"]
+    # A rollup from before users (pipeline version 2): users are null, never zero.
+    no_users = {"users": None, "users_estimate": False, "users_low": None, "users_high": None}
     assert [(r["id"], r["name"], r["totals"]) for r in rows] == [
-        (A, "GIC", {"conversations": 6, "messages": 44, "handoffs": 1}),
-        (B, "Northwind", {"conversations": 5, "messages": 50, "handoffs": 2}),
+        (
+            A,
+            "GIC",
+            {"conversations": 6, "messages": 44, "handoffs": 1, **no_users, "avg_depth": 7.33},
+        ),
+        (
+            B,
+            "Northwind",
+            {"conversations": 5, "messages": 50, "handoffs": 2, **no_users, "avg_depth": 10.0},
+        ),
     ]
     assert conversations(rows[0]) == [0, 0, 0, 0, 0, 6]
     assert conversations(body["total"]) == [0, 0, 0, 0, 5, 6]
-    assert body["total"]["totals"] == {"conversations": 11, "messages": 94, "handoffs": 3}
+    assert body["total"]["totals"] == {
+        "conversations": 11,
+        "messages": 94,
+        "handoffs": 3,
+        **no_users,
+        "avg_depth": 8.55,
+    }
     assert body["data_through"] == "2026-11-24"
-    assert body["metrics"] == ["conversations", "messages", "handoffs"]
+    assert body["metrics"] == ["conversations", "messages", "handoffs", "users", "avg_depth"]
+    assert body["previous"] is None and rows[0]["previous"] is None and rows[0]["change"] is None
 
 
 def test_staff_can_include_internal_organizations(api: Api) -> None:
@@ -520,7 +537,8 @@ def test_pages_show_every_organization_once_in_a_stable_order_with_other_and_tot
 ) -> None:
     range_ = {"start": "2026-10-01", "end": "2026-10-31"}
     conversations = {f"North {n}": 1 + n % 4 for n in range(23)}
-    order = sorted(conversations, key=lambda name: (-conversations[name], name))
+    # Ties by id, which is in the order of n here (North 2 before North 10).
+    order = sorted(conversations, key=lambda name: (-conversations[name], int(name[6:])))
     seen: list[str] = []
     for offset in range(0, 25, 5):
         body = many.usage(limit=5, offset=offset, **range_)

@@ -1,12 +1,15 @@
 """The freshness check: the last nightly run and how old the data is, at a given time."""
 
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from etl.freshness import verdict
+from etl import runner
+from etl.db import Databases
+from etl.freshness import check, verdict
 
 UTC, ROME = ZoneInfo("UTC"), ZoneInfo("Europe/Rome")
 LIMIT = timedelta(hours=36)
@@ -51,3 +54,24 @@ def test_a_failed_run_is_named_with_its_error() -> None:
         "last nightly failed: it ended failed (started 2026-11-25 02:15 UTC): "
         "cannot reach MongoDB at mongodb://db:27017/"
     )
+
+
+def test_the_check_counts_days_in_the_served_definitions_timezone(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    """Settings changed to UTC, not yet rebuilt: the rollup still counts Rome's days, and
+    its lag is measured from the end of Rome's day."""
+    rome = make_dbs(timezone="Europe/Rome")
+    now = datetime(2026, 11, 25, 2, 30)
+    runner.run_nightly(rome, now, lambda: now)
+    utc = make_dbs(
+        timezone="UTC",
+        source_db=rome.settings.source_db,
+        rollup_db=rome.settings.rollup_db,
+    )
+    # data through Rome's 2026-11-24, which ends at 23:00 UTC; 36 hours later is 11:00 on
+    # the 26th, an hour before UTC's day would make it stale.
+    later = datetime(2026, 11, 26, 11, 30)
+    fresh, line = check(utc, later, LIMIT)
+    assert (fresh, line.split(":")[0]) == (False, "stale since 2026-11-24")
+    assert check(utc, datetime(2026, 11, 26, 10, 59), LIMIT)[0] is True

@@ -130,3 +130,33 @@ def test_a_metrics_export_that_fails_never_fails_the_run(
         f"could not {'write' if where == 'textfile' else 'push'} the run metrics"
     ]
     assert "hunter2" not in caplog.text
+
+
+def test_runs_of_different_kinds_finishing_together_keep_each_others_series(
+    tmp_path: Path,
+) -> None:
+    """Many concurrent merges into one textfile: every kind's last write survives."""
+    import threading
+
+    from etl.metrics import RunMetrics, families, write_textfile
+
+    textfile = tmp_path / "usage.prom"
+    kinds = [f"kind{n}" for n in range(8)]
+    start = threading.Barrier(len(kinds))
+
+    def finish(kind: str) -> None:
+        start.wait()
+        for attempt in range(15):
+            run = RunMetrics(kind=kind, ok=False, ended=1000.0 + attempt, seconds=1.0)
+            write_textfile(textfile, kind, families(run))
+
+    threads = [threading.Thread(target=finish, args=(kind,)) for kind in kinds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    samples = read(textfile)
+    ended = {
+        kind: of_kind(samples, kind).get("usage_run_last_end_timestamp_seconds") for kind in kinds
+    }
+    assert ended == dict.fromkeys(kinds, 1014.0)

@@ -8,7 +8,17 @@ import pytest
 
 from api.auth import Principal
 from api.buckets import make_buckets
-from api.usage import Forbidden, ParamError, UsageQuery, fold, paginate, resolve_query
+from api.cells import change_of
+from api.usage import (
+    Forbidden,
+    Page,
+    ParamError,
+    UsageQuery,
+    fold,
+    make_lines,
+    paginate,
+    resolve_query,
+)
 from etl.settings import Settings
 
 A, B = "65e18830a0616000137bb854", "65e18830a0616000137bb855"
@@ -108,17 +118,24 @@ def group(row_id: str, month: str, conversations: int) -> dict[str, Any]:
     }
 
 
+def page_of(
+    groups: list[dict[str, Any]], query: UsageQuery, names: dict[str, str], always: tuple = ()
+) -> Page:
+    lines = make_lines(fold(groups, BUCKETS, always), None, len(BUCKETS))
+    return paginate(lines, len(BUCKETS), query, names)
+
+
 def test_fold_puts_every_bucket_in_every_row_and_sorts_by_conversations() -> None:
     groups = [group(A, "2026-10", 2), group(B, "2026-11", 5), group(A, "2026-11", 1)]
-    rows, total = fold(groups, BUCKETS, {A: "GIC"}, always=(BOT,))
-    assert [(r["id"], r["name"], r["totals"]["conversations"]) for r in rows] == [
-        (B, B, 5),  # no name: the id
-        (A, "GIC", 3),
-        (BOT, BOT, 0),  # asked for, no activity: a row of zeros
+    got = page_of(groups, resolve(), {A: "GIC"}, always=(BOT,))
+    assert [(r.id, r.total().sums["conversations"]) for r in got.rows] == [
+        (B, 5),
+        (A, 3),
+        (BOT, 0),  # asked for, no activity: a row of zeros
     ]
-    assert [cell["conversations"] for cell in rows[1]["buckets"]] == [2, 1]
-    assert total["totals"] == {"conversations": 8, "messages": 80, "handoffs": 0}
-    assert [cell["messages"] for cell in total["buckets"]] == [20, 60]
+    assert [cell.sums["conversations"] for cell in got.rows[1].cells] == [2, 1]
+    assert got.total.total().sums == {"conversations": 8, "messages": 80, "handoffs": 0}
+    assert [cell.sums["messages"] for cell in got.total.cells] == [20, 60]
 
 
 @pytest.mark.parametrize(
@@ -143,10 +160,47 @@ def test_a_page_and_other_always_add_up_to_the_total(
     count: int,
 ) -> None:
     groups = [group(f"r{n}", "2026-10", n) for n in (1, 2, 3, 4)]
-    rows, all_rows = fold(groups, BUCKETS, {f"r{n}": f"Row {n}" for n in (1, 2, 3, 4)})
+    names = {f"r{n}": f"Row {n}" for n in (1, 2, 3, 4)}
     query = replace(resolve(), limit=limit, offset=offset, q=q.casefold() if q else None)
-    got = paginate(rows, all_rows, BUCKETS, query)
-    assert [row["id"] for row in got.rows] == page
-    assert (got.other["totals"]["conversations"] if got.other else None) == other
-    assert got.total["totals"]["conversations"] == total
+    got = page_of(groups, query, names)
+    assert [row.id for row in got.rows] == page
+    assert (got.other.total().sums["conversations"] if got.other else None) == other
+    assert got.total.total().sums["conversations"] == total
     assert got.total_rows == count
+
+
+@pytest.mark.parametrize(
+    ("metric", "now", "before", "expected"),
+    [
+        ("conversations", 6, 3, {"abs": 3, "pct": 100.0}),
+        ("conversations", 1, 4, {"abs": -3, "pct": -75.0}),
+        ("conversations", 5, 0, {"abs": 5, "pct": None}),  # no previous: no percentage
+        ("users", 2, 3, {"abs": -1, "pct": -33.3}),
+        ("users", None, 3, {"abs": None, "pct": None}),  # a rollup without users
+        ("avg_depth", 44 / 6, 13 / 3, {"abs": 3.0, "pct": 69.2}),
+        ("avg_depth", 5.0, None, {"abs": None, "pct": None}),  # no previous conversations
+    ],
+)
+def test_a_change_is_absolute_and_in_percent_of_the_previous_figure(
+    metric: str, now: float | None, before: float | None, expected: dict[str, Any]
+) -> None:
+    assert change_of(metric, now, before) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "parameter"),
+    [
+        ({"sort": "change"}, "sort"),
+        ({"start": "0002-01-01", "end": "0002-01-31", "compare": "previous"}, "compare"),
+    ],
+)
+def test_comparisons_that_cannot_be_made_are_refused(given: dict[str, Any], parameter: str) -> None:
+    with pytest.raises(ParamError) as raised:
+        resolve(**given)
+    assert raised.value.param == parameter
+
+
+def test_order_defaults_to_descending_and_to_ascending_for_names() -> None:
+    assert resolve().order == "desc"
+    assert resolve(sort="name").order == "asc"
+    assert resolve(sort="name", order="desc").order == "desc"
