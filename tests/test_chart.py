@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from itertools import pairwise
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -37,16 +38,22 @@ def page(browser: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def board(dbs: Databases) -> Iterator[Live]:
-    """A real server over seven organizations with a varied day each for the last 70 days."""
+    """A real server over seven organizations with a varied day each for the last 70 days,
+    complete through yesterday, with users (who come back on other days)."""
+    from dataclasses import replace
+
     from bson import ObjectId
 
     from api import auth
     from api.server import make_server, start_in_thread
+    from etl import ledger
+    from etl.definition import USERS_VERSION, of_settings
     from etl.jobs import utcnow
     from tests.conftest import free_port
     from tests.factories import BOT_1, BOT_2, make_row, store_rows
 
-    today = utcnow().date()
+    now = utcnow()
+    today = now.date()
     orgs = [str(ObjectId()) for _ in range(ORGS)]
     rows = []
     for back in range(70):
@@ -55,12 +62,20 @@ def board(dbs: Databases) -> Iterator[Live]:
             conversations = (back * 7 + n * 3) % 5 + n + (back < 35) * (n % 3)
             if conversations:
                 agent = BOT_1 if back % 2 else BOT_2
-                rows.append(make_row(org, agent, day, conversations, conversations * 4, n % 2))
+                users = [f"user-{n}-{(back + k) % 9}" for k in range(conversations)]
+                row = make_row(org, agent, day, conversations, conversations * 4, n % 2, users)
+                rows.append(row)
+    ledger.adopt(dbs, replace(of_settings(dbs.settings), version=USERS_VERSION))
     store_rows(dbs, rows)
+    yesterday = (today - timedelta(days=1)).isoformat()
+    dbs.rollup.etl_runs.insert_one(
+        {"kind": "nightly", "status": "ok", "started_at": now, "finished_at": now}
+        | {"complete_through": yesterday}
+    )
     dbs.source.organizations.insert_many(
         [{"_id": ObjectId(org), "name": f"Org {chr(65 + n)}"} for n, org in enumerate(orgs)]
     )
-    key = auth.create_key(dbs.rollup, "staff", None, utcnow())[1]
+    key = auth.create_key(dbs.rollup, "staff", None, now)[1]
     port = free_port()
     server = make_server(dbs, "127.0.0.1", port, log_level="warning")
     thread = start_in_thread(server)
@@ -230,3 +245,94 @@ def test_nothing_is_logged_as_an_error_while_using_the_dashboard(page: Any, boar
     assert errors == []
     icon = page.evaluate("document.querySelector('link[rel=icon]').href")
     assert icon.startswith("data:image/svg+xml")
+
+
+def change_text(change: dict[str, Any] | None, decimals: int = 0) -> str:
+    """The change column's text, as the dashboard writes it: arrow, amount and percentage."""
+    if change is None or change["abs"] is None:
+        return "—"
+    amount, pct = change["abs"], change["pct"]
+    if amount == 0:
+        return "0" if pct is None else "0 (0.0%)"
+    arrow = "▲" if amount > 0 else "▼"
+    share = "new" if pct is None else ("+" if pct > 0 else "−") + f"{abs(pct):.1f}%"
+    return f"{arrow} {abs(amount):,.{decimals}f} ({share})"
+
+
+def test_the_change_column_equals_the_apis_change(page: Any, board: Live) -> None:
+    view = open_last_30_days(page, board)
+    page.check("#compare")
+    page.wait_for_selector("#table thead th.change")
+    body = api(board, start=view["start"], end=view["end"], compare="previous")
+    shown = page.locator("#table tbody tr.org td.change").all_inner_texts()
+    assert shown == [change_text(row["change"]["conversations"]) for row in body["rows"]]
+    assert any(text.startswith(("▲", "▼")) for text in shown)
+    total = page.locator("#table tfoot td.change").inner_text()
+    assert total == change_text(body["total"]["change"]["conversations"])
+    classes = page.locator("#table tbody tr.org td.change").evaluate_all(
+        "tds => tds.map(td => td.classList.contains('up') - td.classList.contains('down'))"
+    )
+    amounts = [row["change"]["conversations"]["abs"] or 0 for row in body["rows"]]
+    signs = [(a > 0) - (a < 0) for a in amounts]
+    assert classes == signs
+    page.check("input[name=metric][value=avg_depth]")
+    shown = page.locator("#table tbody tr.org td.change").all_inner_texts()
+    assert shown == [change_text(row["change"]["avg_depth"], 2) for row in body["rows"]]
+
+
+def test_the_previous_period_is_a_faint_overlay_with_its_values(page: Any, board: Live) -> None:
+    view = open_last_30_days(page, board)
+    page.check("#compare")
+    page.wait_for_selector("#chart rect.previous")
+    body = api(board, start=view["start"], end=view["end"], compare="previous")
+    previous = [b["conversations"] for b in body["total"]["previous"]["buckets"]]
+    overlay = page.locator("#chart g.bucket").evaluate_all(
+        "gs => gs.map(g => +g.querySelector('rect.previous').dataset.value)"
+    )
+    assert overlay == previous
+    page.locator("#chart g.bucket").nth(1).focus()
+    tip = tooltip(page)
+    before = body["previous"]["buckets"][1]
+    label = next(name for name in tip if name.startswith("Previous ("))
+    assert tip[label] == f"{previous[1]:,}"
+    assert before["start"][:4] in label
+    current = body["total"]["buckets"][1]["conversations"]
+    amount = current - previous[1]
+    pct = round(amount / previous[1] * 100, 1) if previous[1] else None
+    assert tip["Change"] == change_text({"abs": amount, "pct": pct})
+
+
+def test_the_platform_view_shows_the_apis_movers(page: Any, board: Live) -> None:
+    view = open_last_30_days(page, board)
+    page.wait_for_selector("#movers:not([hidden]) li")
+    status, movers = board.get(
+        "/api/aggregations/movers?"
+        + urlencode({"start": view["start"], "end": view["end"], "n": 5})
+    )
+    assert status == 200
+    up = page.locator("#movers .movers-list.up li")
+    assert up.locator(".mover-name").all_inner_texts() == [m["name"] for m in movers["up"]]
+    assert up.locator(".change").all_inner_texts() == [
+        change_text({"abs": m["change"], "pct": m["pct"]}) for m in movers["up"]
+    ]
+    down = page.locator("#movers .movers-list.down li .mover-name").all_inner_texts()
+    assert down == [m["name"] for m in movers["down"]]
+    page.check("input[name=metric][value=messages]")
+    page.wait_for_function(
+        "document.getElementById('movers-title').textContent.includes('messages')"
+    )
+
+
+def test_estimated_users_show_as_approximate_with_bounds(page: Any, board: Live) -> None:
+    body = open_last_30_days(page, board)
+    page.check("input[name=metric][value=users]")
+    i = 1
+    total = body["total"]["buckets"][i]
+    assert total["users_estimate"] is True
+    page.locator("#chart g.bucket").nth(i).hover()
+    expected = f"≈ {total['users']:,} ({total['users_low']:,}–{total['users_high']:,})"
+    assert tooltip(page)["Total users"] == expected
+    # Users do not add up across rows: the chart is the total, whatever the mode says.
+    assert page.locator("#chart-mode").is_disabled()
+    values = page.locator("#chart rect.seg").evaluate_all("rs => rs.map(r => +r.dataset.value)")
+    assert values == [b["users"] for b in body["total"]["buckets"] if b["users"]]

@@ -180,8 +180,10 @@ function showTip(i, g) {
   const w = tip.offsetWidth;
   const cx = bar.left - box.left + bar.width / 2;
   const x = cx > box.width / 2 ? cx - bar.width / 2 - w - 4 : cx + bar.width / 2 + 4;
-  tip.style.left = Math.max(0, Math.min(box.width - w, x)) + "px";
-  tip.style.top = Math.max(0, bar.top - box.top) + "px";
+  const fits = x >= 0 && x + w <= box.width;
+  tip.style.left = Math.max(0, Math.min(box.width - w, fits ? x : cx - w / 2)) + "px";
+  // On a narrow screen there is no room beside the bar: below the chart instead.
+  tip.style.top = (fits ? Math.max(0, bar.top - box.top) : box.height + 4) + "px";
 }
 
 function hideTip() {
