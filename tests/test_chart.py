@@ -242,6 +242,8 @@ def test_nothing_is_logged_as_an_error_while_using_the_dashboard(page: Any, boar
     page.wait_for_selector("tr.agent:not(.loading-row)")
     page.set_viewport_size({"width": 390, "height": 844})
     page.evaluate("new Promise(r => requestAnimationFrame(() => setTimeout(r, 100)))")
+    page.wait_for_selector("#movers li")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
     assert errors == []
     icon = page.evaluate("document.querySelector('link[rel=icon]').href")
     assert icon.startswith("data:image/svg+xml")
