@@ -486,11 +486,9 @@ function chartModel(report) {
     return { title, lines, notes, summary };
   }
 
-  return {
-    buckets, series, totals, previous, describe, integer: metric !== "avg_depth",
-    label: name[0].toUpperCase() + name.slice(1) + " per " + report.granularity
-      + (series.length > 1 ? ", stacked by the top " + (series.length - (series[series.length - 1].name === "Other" ? 1 : 0)) + " rows" : ""),
-  };
+  const label = name[0].toUpperCase() + name.slice(1) + " per " + report.granularity
+    + (stacked ? ", stacked by the top rows" : "");
+  return { buckets, series, totals, previous, describe, integer: metric !== "avg_depth", label };
 }
 
 function renderChart(report) {
