@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from etl.db import connect
+from etl.db import EMBEDDED_OPLOG_ENTRIES, connect
 from etl.settings import Settings
 from tests.conftest import free_port
 
@@ -27,7 +27,11 @@ class ServerProcess:
         exe = shutil.which("secantusd-py", path=str(Path(sys.executable).parent))
         assert exe, "secantusd-py is not installed"
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--storage-path", str(self.storage)],
+            [
+                exe,
+                *("--port", str(self.port), "--storage-path", str(self.storage)),
+                *("--oplog-max-entries", str(EMBEDDED_OPLOG_ENTRIES)),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
