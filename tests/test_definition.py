@@ -9,6 +9,7 @@ from etl.definition import Definition, DefinitionMismatch, differences, of_setti
 from etl.ledger import coverage_of
 from etl.runner import plan_nightly
 from etl.settings import Settings
+from tests.factories import STORED_V2
 
 BASE = Definition(
     timezone="UTC", billable_status=1000, billable_min_depth=2, exclude_test_mode=True
@@ -51,20 +52,6 @@ def test_the_user_fields_are_part_of_the_definition_in_order() -> None:
     again = Definition.from_doc(first.as_doc())
     assert again == first and again.fingerprint == first.fingerprint
     assert first.as_doc()["users_from"] == ["lead", "requester"]
-
-
-# A definition as version 2 stored it, before users were counted, with its fingerprint then.
-STORED_V2 = {
-    "timezone": "UTC",
-    "billable_status": 1000,
-    "billable_min_depth": 2,
-    "exclude_test_mode": True,
-    "profile": "deployment",
-    "attribution": "attributes.bot_id, else unattributed",
-    "skip_rules": "no_organization, bad_created_at, bad_depth, depth_out_of_range",
-    "version": 2,
-    "fingerprint": "ad3bc926ccda",
-}
 
 
 def test_a_definition_stored_before_users_keeps_its_fingerprint() -> None:
