@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from etl import lattice, ledger, rollup, runner, sketches, verify
+from etl import lattice, ledger, rollup, runner, sample, sketches, vanilla_sample, verify
 from etl.cli import status_report
 from etl.db import Databases
 from etl.definition import DefinitionMismatch
+from etl.sample import SampleSpec
 from tests.factories import (
     BOT_1,
     BOT_2,
@@ -386,3 +387,48 @@ def test_unions_of_thousands_of_users_are_within_their_bounds(seed: int) -> None
     assert errors[int(0.95 * buckets)] <= 0.026
     assert errors[-1] <= 4 * 0.0165
     assert errors[len(errors) // 2] <= 0.013
+
+
+def test_the_sample_has_returning_users_a_few_shared_and_some_without_a_lead() -> None:
+    spec = SampleSpec(organizations=6, internal=1, agents_per_org=3, per_day=300, days=30)
+    made = sample.make_sample(spec)
+    now = datetime(2026, 10, 20, 12, 0)
+    docs = list(sample.generate_requests(made, spec, now))
+    assert docs == list(sample.generate_requests(made, spec, now))
+    days: dict[Any, set[date]] = {}
+    agents: dict[Any, set[str]] = {}
+    orgs: dict[Any, set[str]] = {}
+    requester_only = neither = 0
+    for doc in docs[:-12]:  # the malformed ones last
+        if "lead" not in doc:
+            requester_only += "requester" in doc
+            neither += "requester" not in doc
+            continue
+        lead = doc["lead"]
+        assert isinstance(lead, ObjectId)
+        days.setdefault(lead, set()).add(doc["createdAt"].date())
+        agents.setdefault(lead, set()).add(str(doc["attributes"].get("bot_id")))
+        orgs.setdefault(lead, set()).add(str(doc["id_organization"]).lower())
+    assert len(days) < 0.5 * len(docs)
+    assert sum(len(seen) > 3 for seen in days.values()) > 0.1 * len(days)
+    assert sum(len(seen) > 1 for seen in agents.values()) > 0.1 * len(agents)
+    assert 0 < sum(len(seen) > 1 for seen in orgs.values()) < 0.02 * len(orgs)
+    assert 0.01 * len(docs) < requester_only < 0.06 * len(docs)
+    assert 0.005 * len(docs) < neither < 0.04 * len(docs)
+
+
+def test_the_vanilla_sample_reuses_leads_within_a_project() -> None:
+    spec = SampleSpec(organizations=3, internal=0, agents_per_org=2, per_day=200, days=20)
+    made = sample.make_sample(spec)
+    _, _, departments = vanilla_sample.projects_and_bots(made, spec.seed)
+    generated = vanilla_sample.generate(made, departments, spec, datetime(2026, 10, 20))
+    requests = [request for request, _ in generated][:-6]
+    days: dict[Any, set[date]] = {}
+    for request in requests:
+        if "lead" in request:
+            days.setdefault((request["id_project"], request["lead"]), set()).add(
+                request["createdAt"].date()
+            )
+    assert len(days) < 0.5 * len(requests)
+    assert sum(len(seen) > 1 for seen in days.values()) > 0.2 * len(days)
+    assert sum("lead" not in request for request in requests) > 0
