@@ -81,7 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     print(f"lg_k {sketches.LG_K}, {DAYS} day sketches per month, seed {args.seed}")
-    print(f"{'distinct users':>16}  {'buckets':>7}  {'median':>7}  {'p95':>7}  {'worst':>7}  inside")
+    columns = ("buckets", "median", "p95", "worst")
+    print(f"{'distinct users':>16}  " + "  ".join(f"{name:>7}" for name in columns) + "  inside")
     every: list[Outcome] = []
     estimated: list[Outcome] = []
     bucket = 0
