@@ -120,7 +120,7 @@ def people() -> list[Any]:
         ["6601bb00bb00bb00bb00bb03"],
         {"id": "x"},
         DROP,
-        *(ObjectId() for _ in range(8)),
+        *(ObjectId(f"6601cc00cc00cc00cc00cc{n:02x}") for n in range(8)),
     ]
 
 
