@@ -1,16 +1,24 @@
-"""The rollup lattice: coarser stored levels, each a plain sum of the day rows.
+"""The rollup lattice: coarser stored levels, each derived from the day rows.
 
 Every level is derived from `usage_daily` (org, agent, day) a whole month at a time, in the
 same write that replaces the month's days, never moved by differences: a level cannot drift
-from the days it sums. Readers take the coarsest level that answers a query exactly.
+from the days it covers. Its additive measures are the sums of the day rows'; its users are
+the union of their sketches (an estimate, never a sum: a person on two days is one user).
+Readers take the coarsest level that answers a query exactly.
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bson import Binary
+
+from etl import sketches
 from etl.db import USAGE_MONTHLY, USAGE_ORG_DAILY, USAGE_ORG_MONTHLY, Doc
 
 MEASURES = ("conversations", "messages", "handoffs")
+# Distinct end users: exact in a day row, the union's estimate in a level; and the sketch.
+USERS = "users"
+USERS_HLL = "users_hll"
 
 
 @dataclass(frozen=True)
@@ -39,9 +47,14 @@ LEVELS = (MONTHLY, ORG_DAILY, ORG_MONTHLY)
 
 
 def summarize(rows: Iterable[Doc], level: Level) -> list[Doc]:
-    """The rows of `level` that the day rows sum to."""
+    """The rows of `level` that the day rows sum to, with the union of their users.
+
+    Sketches are merged in the day rows' `_id` order, whatever order they were read in, so
+    deriving again from the same rows gives the same bytes.
+    """
     sums: dict[tuple[str, ...], Doc] = {}
-    for row in rows:
+    unions: dict[tuple[str, ...], sketches.Union] = {}
+    for row in sorted(rows, key=lambda row: str(row["_id"])):
         key = level.key(row)
         into = sums.get(key)
         if into is None:
@@ -51,6 +64,13 @@ def summarize(rows: Iterable[Doc], level: Level) -> list[Doc]:
             into[level.period] = key[-1]
             into.update(dict.fromkeys(MEASURES, 0))
             sums[key] = into
+            unions[key] = sketches.Union()
         for name in MEASURES:
             into[name] += row[name]
+        unions[key].add(row.get(USERS_HLL))
+    for key, into in sums.items():
+        users = unions[key]
+        into[USERS] = users.estimate().value if not users.empty else 0
+        if not users.empty:
+            into[USERS_HLL] = Binary(users.sketch())
     return sorted(sums.values(), key=lambda row: row["_id"])

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
+from bson import Binary
 from pymongo import ASCENDING
 from pymongo.client_session import ClientSession
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from etl import lattice, ledger, runs, source
+from etl import lattice, ledger, runs, sketches, source
 from etl.db import Databases, Doc
 from etl.settings import Settings
 
@@ -92,12 +93,25 @@ def fetch_rows(dbs: Databases, first: date, last: date) -> tuple[dict[str, list[
             "agent_id": key["agent"],
             "day": key["day"],
             **{name: int(group[name]) for name in MEASURES},
+            **users_fields(group.get("users") or []),
         }
         stats.conversations += row["conversations"]
         by_day.setdefault(key["day"], []).append(row)
     for rows in by_day.values():
         rows.sort(key=lambda row: row["_id"])
     return by_day, stats
+
+
+def users_fields(users: Iterable[Any]) -> Doc:
+    """A day row's exact count of distinct end users and their sketch (none without users).
+
+    The ids are sketched in sorted order, so a day recomputed from the same documents has
+    the same bytes."""
+    ids = sorted({user for user in users if isinstance(user, str)})
+    fields: Doc = {lattice.USERS: len(ids)}
+    if ids:
+        fields[lattice.USERS_HLL] = Binary(sketches.of_ids(ids))
+    return fields
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """A deterministic, realistic sample of Tiledesk data: requests, organizations and bots."""
 
 import random
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -75,6 +76,53 @@ def make_sample(spec: SampleSpec) -> Sample:
     return Sample(orgs, bots, internal)
 
 
+class EndUsers:
+    """Who starts the conversations: a pool of end users per organization (leads, as Tiledesk
+    calls them), drawn with a skew so that regulars come back on many days and to several
+    agents, and a few people who talk to more than one organization.
+
+    A person's ids are made from their number and the organization's id rather than drawn,
+    so the pool costs nothing to hold and the sample stays deterministic and fast.
+    """
+
+    # Of conversations: the person is one of the few known to several organizations; the
+    # conversation has no lead but a requester; it has neither (an anonymous widget).
+    SHARED = 0.01
+    REQUESTER_ONLY = 0.03
+    ANONYMOUS = 0.02
+    SHARED_PEOPLE = 25
+    # The skew: the chance of a person's number falls with it, so low numbers are regulars.
+    SKEW = 2.5
+
+    def __init__(self, spec: SampleSpec) -> None:
+        self.rng = random.Random(spec.seed * 104729)
+        conversations = spec.per_day * spec.days
+        # Three to four conversations per person on average over the whole sample.
+        self.pool = max(40, conversations // max(spec.organizations, 1) // 4)
+
+    @staticmethod
+    def ids(number: int, tail: bytes) -> tuple[ObjectId, ObjectId]:
+        """The person's lead and requester (project user) ids."""
+        return (
+            ObjectId(struct.pack(">I", 0x64000000 + number) + tail),
+            ObjectId(struct.pack(">I", 0x65000000 + number) + tail),
+        )
+
+    def who(self, org_id: ObjectId) -> tuple[ObjectId | None, ObjectId | None]:
+        """The lead and the requester of a new conversation of `org_id` (either may be None)."""
+        draw = self.rng.random()
+        if draw < self.SHARED:
+            lead, requester = self.ids(self.rng.randrange(self.SHARED_PEOPLE), bytes(8))
+        else:
+            number = int(self.pool * self.rng.random() ** self.SKEW)
+            lead, requester = self.ids(number, org_id.binary[4:])
+        if draw > 1 - self.ANONYMOUS:
+            return None, None
+        if draw > 1 - self.ANONYMOUS - self.REQUESTER_ONLY:
+            return None, requester
+        return lead, requester
+
+
 def first_day(spec: SampleSpec, now: datetime) -> datetime:
     return (now - timedelta(days=spec.days)).replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -102,8 +150,15 @@ def arrivals(
 def generate_requests(sample: Sample, spec: SampleSpec, now: datetime) -> Iterator[Doc]:
     """Conversations over `spec.days` days up to `now` (naive UTC), in creation order."""
     rng = random.Random(spec.seed * 7919)
+    people = EndUsers(spec)
     for created, org in arrivals(rng, sample, spec, now):
-        yield make_conversation(rng, sample, org, created, now)
+        doc = make_conversation(rng, sample, org, created, now)
+        lead, requester = people.who(org["_id"])
+        if lead is not None:
+            doc["lead"] = lead
+        if requester is not None:
+            doc["requester"] = requester
+        yield doc
     yield from malformed(rng, sample, first_day(spec, now), now)
 
 

@@ -18,6 +18,8 @@ EMBEDDED = "embedded"
 # hours to be late before the freshness check fails.
 DEFAULT_MAX_LAG_HOURS = 36.0
 OBJECT_ID_HEX = re.compile(r"[0-9a-f]{24}")
+# A document field, dotted for a nested one: no `$`, no empty part.
+FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 WEEKDAYS: tuple[Weekday, ...] = (
@@ -57,6 +59,8 @@ class Settings(BaseSettings):
     billable_min_depth: int = Field(default=2, description="billable when depth > this")
     exclude_test_mode: bool = True
     internal_org_ids: Annotated[list[str], NoDecode] = []
+    # A conversation's end user: the first of these fields holding an ObjectId or a string.
+    user_fields: Annotated[list[str], NoDecode] = ["lead", "requester"]
     week_start: Weekday = "monday"
     # None: the profile's (`organizations`, or `projects` for vanilla Tiledesk).
     org_names_collection: str | None = None
@@ -92,9 +96,9 @@ class Settings(BaseSettings):
             raise ValueError("use at least 16 characters")
         return value
 
-    @field_validator("internal_org_ids", mode="before")
+    @field_validator("internal_org_ids", "user_fields", mode="before")
     @classmethod
-    def _parse_ids(cls, value: Any) -> Any:
+    def _parse_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -113,6 +117,19 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"not an ObjectId hex string: {bad[0]!r}")
         return ids
+
+    @field_validator("user_fields")
+    @classmethod
+    def _field_paths(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one field")
+        value = [item.strip() for item in value]
+        bad = [item for item in value if not FIELD_PATH.fullmatch(item)]
+        if bad:
+            raise ValueError(f"not a field name: {bad[0]!r}")
+        if len(set(value)) != len(value):
+            raise ValueError("a field is named twice")
+        return value
 
     @field_validator("read_preference")
     @classmethod

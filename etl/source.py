@@ -110,24 +110,24 @@ def _organization_expr(field: str) -> dict[str, Any]:
     }
 
 
-def _agent_id(value: Any, absent: str | None) -> dict[str, Any]:
-    """`value` as an agent id: an ObjectId or hex string lowercased, another string trimmed;
-    `absent` when it names no agent."""
+def _id_expr(value: Any, absent: str | None) -> dict[str, Any]:
+    """`value` as an agent's or end user's id: an ObjectId or hex string lowercased, another
+    string trimmed; `absent` when it names none (a blank string, any other type)."""
     return {
         "$let": {
-            "vars": {"bot": value},
+            "vars": {"value": value},
             "in": {
                 "$switch": {
                     "branches": [
                         {
-                            "case": {"$eq": [{"$type": "$$bot"}, "objectId"]},
-                            "then": {"$toString": "$$bot"},
+                            "case": {"$eq": [{"$type": "$$value"}, "objectId"]},
+                            "then": {"$toString": "$$value"},
                         },
                         {
-                            "case": {"$eq": [{"$type": "$$bot"}, "string"]},
+                            "case": {"$eq": [{"$type": "$$value"}, "string"]},
                             "then": {
                                 "$let": {
-                                    "vars": {"id": {"$trim": {"input": "$$bot"}}},
+                                    "vars": {"id": {"$trim": {"input": "$$value"}}},
                                     "in": {
                                         "$switch": {
                                             "branches": [
@@ -136,7 +136,8 @@ def _agent_id(value: Any, absent: str | None) -> dict[str, Any]:
                                                     "then": absent,
                                                 },
                                                 # An ObjectId in hex names one agent
-                                                # whatever its letter case.
+                                                # (or user) whatever its letter case;
+                                                # trimmed, it ends in no newline for `$`.
                                                 {
                                                     "case": {
                                                         "$regexMatch": {
@@ -191,13 +192,22 @@ def _first_bot() -> dict[str, Any]:
 def _agent_expr(profile: Profile) -> dict[str, Any]:
     if profile.name == "tiledesk":
         # The department snapshot keeps the bot after a handoff empties participantsBots.
-        department_bot = _agent_id("$snapshot.department.id_bot", None)
+        department_bot = _id_expr("$snapshot.department.id_bot", None)
         return {
-            "$ifNull": [department_bot, {"$ifNull": [_agent_id(_first_bot(), None), UNATTRIBUTED]}]
+            "$ifNull": [department_bot, {"$ifNull": [_id_expr(_first_bot(), None), UNATTRIBUTED]}]
         }
     # `attributes` may be absent, a string or an array; only an object's bot_id is an agent.
     bot = {"$cond": [{"$eq": [{"$type": "$attributes"}, "object"]}, "$attributes.bot_id", None]}
-    return _agent_id(bot, UNATTRIBUTED)
+    return _id_expr(bot, UNATTRIBUTED)
+
+
+def user_expr(fields: list[str]) -> dict[str, Any]:
+    """A conversation's end user: the first of `fields` that names one, else removed (so
+    `$addToSet` leaves it out: the conversation counts, but adds no user)."""
+    expr: Any = "$$REMOVE"
+    for name in reversed(fields):
+        expr = {"$ifNull": [_id_expr(f"${name}", None), expr]}
+    return dict(expr)
 
 
 def _handoff_expr() -> dict[str, Any]:
@@ -224,8 +234,10 @@ def _depth_skips() -> list[dict[str, Any]]:
 def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[str, Any]]:
     """Group billable conversations created on local days first..last by (day, org, agent).
 
-    Each output document is `{_id: {day, org, agent, skip}, conversations, messages, handoffs}`;
-    `skip` names why a group cannot be counted (None when it can).
+    Each output document is
+    `{_id: {day, org, agent, skip}, conversations, messages, handoffs, users}`, `users` being
+    the group's distinct end users (see `user_expr`); `skip` names why a group cannot be
+    counted (None when it can).
     """
     start, end = utc_range(first, last, settings.zone)
     profile = settings.profile
@@ -253,6 +265,7 @@ def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[st
                 "org": _organization_expr(profile.organization),
                 "agent": _agent_expr(profile),
                 "handoff": _handoff_expr(),
+                "user": user_expr(settings.user_fields),
                 "depth": 1,
             }
         },
@@ -278,6 +291,7 @@ def rollup_pipeline(first: date, last: date, settings: Settings) -> list[dict[st
                     "$sum": {"$cond": [{"$eq": ["$skip", None]}, {"$toLong": "$depth"}, 0]}
                 },
                 "handoffs": {"$sum": "$handoff"},
+                "users": {"$addToSet": "$user"},
             }
         },
     ]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from etl.db import Databases, Doc
-from etl.sample import Sample, SampleSpec, arrivals, first_day, make_sample, oid
+from etl.sample import EndUsers, Sample, SampleSpec, arrivals, first_day, make_sample, oid
 
 CHAT_CLOSED = {
     "subtype": "info/support",
@@ -54,10 +54,19 @@ def generate(
 ) -> Iterator[tuple[Doc, list[Doc]]]:
     """(request, its messages) over `spec.days` days up to `now` (naive UTC)."""
     rng = random.Random(spec.seed * 7919)
+    people = EndUsers(spec)
     for created, org in arrivals(rng, sample, spec, now):
         desks = [desk for desk in departments if desk["id_project"] == str(org["_id"])]
         desk = rng.choices(desks, [4, 2, 1, 1, 1][: len(desks)])[0]
-        yield conversation(rng, desk, created, now)
+        request, messages = conversation(rng, desk, created, now)
+        # A returning visitor is the same lead of the project (and the same project user).
+        lead, requester = people.who(org["_id"])
+        for name, value in (("lead", lead), ("requester", requester)):
+            if value is None:
+                del request[name]
+            else:
+                request[name] = value
+        yield request, messages
     yield from malformed(rng, departments[-1], first_day(spec, now), now)
 
 

@@ -6,6 +6,9 @@ from datetime import date
 from etl import lattice, ledger, rollup
 from etl.db import Databases, Doc
 
+# What verify compares: the additive measures and the distinct users.
+COMPARED = (*rollup.MEASURES, lattice.USERS)
+
 
 @dataclass(frozen=True)
 class Drift:
@@ -14,21 +17,36 @@ class Drift:
     agent_id: str
     expected: dict[str, int]
     stored: dict[str, int]
+    # The measures agree, but the stored sketch is not the one of the users counted.
+    sketch_differs: bool = False
 
     def describe(self) -> str:
         def fmt(values: dict[str, int]) -> str:
             if not values:
                 return "no row"
-            return " ".join(f"{name}={values[name]}" for name in rollup.MEASURES)
+            return " ".join(f"{name}={values[name]}" for name in COMPARED)
 
+        sketch = "; the users' sketch differs" if self.sketch_differs else ""
         return (
             f"{self.day} org {self.org_id} agent {self.agent_id}: "
-            f"source {fmt(self.expected)}, rollup {fmt(self.stored)}"
+            f"source {fmt(self.expected)}, rollup {fmt(self.stored)}{sketch}"
         )
 
 
 def measures(row: Doc | None) -> dict[str, int]:
-    return {name: int(row[name]) for name in rollup.MEASURES} if row else {}
+    """A row's compared figures; a row stored without users reads as -1 users, so it differs
+    from any recount."""
+    if not row:
+        return {}
+    return {name: int(row.get(name, -1)) for name in COMPARED}
+
+
+def sketch_of(row: Doc | None) -> bytes:
+    return bytes(row.get(lattice.USERS_HLL) or b"") if row else b""
+
+
+def same(expected: Doc | None, stored: Doc | None) -> bool:
+    return measures(expected) == measures(stored) and sketch_of(expected) == sketch_of(stored)
 
 
 def served_generation(dbs: Databases) -> int:
@@ -60,10 +78,12 @@ def find_drift(
             for row in usage.find({"day": {"$gte": start.isoformat(), "$lte": end.isoformat()}})
         }
         for key in sorted(expected.keys() | stored.keys()):
-            want, have = measures(expected.get(key)), measures(stored.get(key))
-            if want != have:
+            if not same(expected.get(key), stored.get(key)):
+                want, have = measures(expected.get(key)), measures(stored.get(key))
                 row = expected.get(key) or stored[key]
-                drift.append(Drift(row["day"], row["org_id"], row["agent_id"], want, have))
+                drift.append(
+                    Drift(row["day"], row["org_id"], row["agent_id"], want, have, want == have)
+                )
     return drift
 
 
@@ -79,7 +99,7 @@ def find_month_drift(
     dbs: Databases, first: date, last: date, generation: int | None = None
 ) -> list[str]:
     """Months touching first..last where any coarser level (monthly, organization by day
-    or by month) differs from the sums of the day rows."""
+    or by month) differs from what the day rows derive: their sums, their users' union."""
     generation = served_generation(dbs) if generation is None else generation
     daily = dbs.usage_daily(generation)
     drifted = []
@@ -90,7 +110,7 @@ def find_month_drift(
             found = dbs.level(level.collection, generation).find(level.of_month(month))
             stored = {row["_id"]: row for row in found}
             if any(
-                measures(expected.get(key)) != measures(stored.get(key))
+                not same(expected.get(key), stored.get(key))
                 for key in expected.keys() | stored.keys()
             ):
                 drifted.append(month)

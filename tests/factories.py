@@ -191,3 +191,17 @@ def staff_query(
         today=today,
         settings=settings,
     )
+
+
+# A definition as version 2 stored it, before users were counted, with its fingerprint then.
+STORED_V2 = {
+    "timezone": "UTC",
+    "billable_status": 1000,
+    "billable_min_depth": 2,
+    "exclude_test_mode": True,
+    "profile": "deployment",
+    "attribution": "attributes.bot_id, else unattributed",
+    "skip_rules": "no_organization, bad_created_at, bad_depth, depth_out_of_range",
+    "version": 2,
+    "fingerprint": "ad3bc926ccda",
+}

@@ -5,9 +5,11 @@ from datetime import date, datetime
 
 import pytest
 
-from etl.definition import Definition, DefinitionMismatch, differences
+from etl.definition import Definition, DefinitionMismatch, differences, of_settings
 from etl.ledger import coverage_of
 from etl.runner import plan_nightly
+from etl.settings import Settings
+from tests.factories import STORED_V2
 
 BASE = Definition(
     timezone="UTC", billable_status=1000, billable_min_depth=2, exclude_test_mode=True
@@ -22,7 +24,8 @@ BASE = Definition(
         ({"billable_min_depth": 5}, "minimum depth: 2 -> 5"),
         ({"exclude_test_mode": False}, "exclude test mode: True -> False"),
         ({"profile": "tiledesk"}, "source profile: deployment -> tiledesk"),
-        ({"version": 1}, "pipeline version: 2 -> 1"),
+        ({"version": 1}, "pipeline version: 3 -> 1"),
+        ({"users_from": ("lead",)}, "user fields: none -> lead"),
     ],
 )
 def test_every_field_of_the_definition_changes_the_fingerprint_and_is_named(
@@ -39,6 +42,33 @@ def test_the_fingerprint_is_stable_and_survives_storage() -> None:
     assert again == BASE and again.fingerprint == BASE.fingerprint
     assert len(BASE.fingerprint) == 12
     assert differences(BASE, again) == []
+
+
+def test_the_user_fields_are_part_of_the_definition_in_order() -> None:
+    first = replace(BASE, users_from=("lead", "requester"))
+    other = replace(BASE, users_from=("requester", "lead"))
+    assert first.fingerprint != other.fingerprint
+    assert differences(first, other) == ["user fields: lead, requester -> requester, lead"]
+    again = Definition.from_doc(first.as_doc())
+    assert again == first and again.fingerprint == first.fingerprint
+    assert first.as_doc()["users_from"] == ["lead", "requester"]
+
+
+def test_a_definition_stored_before_users_keeps_its_fingerprint() -> None:
+    old = Definition.from_doc(STORED_V2)
+    assert old.users_from is None
+    assert old.fingerprint == STORED_V2["fingerprint"]
+    assert old.as_doc() == STORED_V2
+
+
+def test_the_current_settings_differ_from_a_version_2_rollup_by_version_and_users() -> None:
+    wanted = of_settings(Settings(_env_file=None))
+    assert wanted.users_from == ("lead", "requester")
+    assert differences(Definition.from_doc(STORED_V2), wanted) == [
+        "pipeline version: 2 -> 3",
+        "user fields: none -> lead, requester",
+    ]
+    assert "usage rebuild" in str(DefinitionMismatch(Definition.from_doc(STORED_V2), wanted))
 
 
 def test_a_mismatch_names_each_difference_and_the_fix() -> None:

@@ -367,7 +367,7 @@ def test_a_rollup_from_before_definitions_is_adopted_and_must_be_rebuilt_once(
             "timezone": "UTC",
         }
     )
-    with pytest.raises(DefinitionMismatch, match="pipeline version: 1 -> 2"):
+    with pytest.raises(DefinitionMismatch, match="pipeline version: 1 -> 3"):
         nightly(dbs, T0)
     result = runner.run_rebuild(dbs, T0, at(T0))
     assert result.record["switched_to"] == 2

@@ -125,7 +125,7 @@ def test_verify_finds_drift_and_repair_fixes_exactly_those_days(dbs: Databases) 
     drift = verify.find_drift(dbs, date(2026, 10, 1), date(2026, 10, 10))
     assert [(d.day, d.expected, d.stored["messages"]) for d in drift] == [
         ("2026-10-06", {}, 5),
-        ("2026-10-07", {"conversations": 1, "messages": 5, "handoffs": 0}, 99),
+        ("2026-10-07", {"conversations": 1, "messages": 5, "handoffs": 0, "users": 0}, 99),
     ]
     result = runner.run_repair(dbs, verify.drifted_days(drift), now, lambda: now)
     assert days_of(result) == ["2026-10-06", "2026-10-07"]

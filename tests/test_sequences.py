@@ -1,6 +1,7 @@
 """Random sequences of source changes and runs (nightly, backfill, repair, rebuild): after
 every nightly run, every computed day served equals a count made here from the documents
-themselves, and every month's totals equal the sum of its days."""
+themselves, every month's totals equal the sum of its days, and every level's users are the
+distinct users of the documents it covers."""
 
 import random
 from collections.abc import Callable
@@ -12,10 +13,15 @@ from bson import ObjectId
 
 from etl import ledger, runner
 from etl.db import Databases, connect
-from tests.factories import make_request
+from tests.factories import DROP, make_request
+from tests.test_users import user_of
 
 ORGS = [ObjectId("65e18830a0616000137bb854"), "65E18830A0616000137BB855"]
 BOTS = ["6601aa00aa00aa00aa00aa01", "6601AA00AA00AA00AA00AA02", ""]
+# End users, some written two ways, some naming no one; few, so that they come back.
+PERSON = ObjectId("6601bb00bb00bb00bb00bb01")
+PEOPLE = [PERSON, str(PERSON).upper(), ObjectId("6601bb00bb00bb00bb00bb02"), "ann", " bob ", ""]
+PEOPLE += [DROP, 7, *(f"visitor-{n}" for n in range(6))]
 START = datetime(2026, 9, 20, 2, 0)
 
 
@@ -35,6 +41,53 @@ def expected(docs: list[dict[str, Any]], days: set[date]) -> dict[tuple[str, str
         cell[1] += doc["depth"]
         cell[2] += 1 if doc["participantsAgents"] else 0
     return {key: tuple(cell) for key, cell in totals.items()}
+
+
+def billable_users(docs: list[dict[str, Any]], days: set[date]) -> dict[tuple[str, str, str], set]:
+    """The distinct end users per (org, agent, day), read from the documents by hand."""
+    users: dict[tuple[str, str, str], set[str]] = {}
+    for doc in docs:
+        if doc["status"] != 1000 or doc.get("isTestMode") is True or doc["depth"] <= 2:
+            continue
+        day = doc["createdAt"].date()
+        if day not in days:
+            continue
+        org = str(doc["id_organization"]).lower()
+        bot = doc["attributes"]["bot_id"].lower() or "unattributed"
+        user = user_of(doc)
+        users.setdefault((org, bot, day.isoformat()), set()).update([user] if user else [])
+    return users
+
+
+def served_users(dbs: Databases, generation: int) -> dict[str, dict[tuple, int]]:
+    """Every level's users, as stored."""
+    keys = {
+        "usage_daily": ("org_id", "agent_id", "day"),
+        "usage_monthly": ("org_id", "agent_id", "month"),
+        "usage_org_daily": ("org_id", "day"),
+        "usage_org_monthly": ("org_id", "month"),
+    }
+    return {
+        base: {tuple(r[f] for f in fields): r["users"] for r in dbs.level(base, generation).find()}
+        for base, fields in keys.items()
+    }
+
+
+def distinct(users: dict[tuple[str, str, str], set]) -> dict[str, dict[tuple, int]]:
+    """Every level's users, as unions of the day rows' sets (exact at this size)."""
+    keys: dict[str, Callable[[str, str, str], tuple]] = {
+        "usage_daily": lambda o, a, d: (o, a, d),
+        "usage_monthly": lambda o, a, d: (o, a, d[:7]),
+        "usage_org_daily": lambda o, a, d: (o, d),
+        "usage_org_monthly": lambda o, a, d: (o, d[:7]),
+    }
+    levels: dict[str, dict[tuple, int]] = {}
+    for base, key in keys.items():
+        unions: dict[tuple, set[str]] = {}
+        for (org, agent, day), seen in users.items():
+            unions.setdefault(key(org, agent, day), set()).update(seen)
+        levels[base] = {k: len(seen) for k, seen in unions.items()}
+    return levels
 
 
 def served(dbs: Databases) -> tuple[int, dict[tuple[str, str, str], tuple], dict[str, tuple]]:
@@ -90,6 +143,8 @@ class World:
             id_organization=self.rng.choice(ORGS),
             attributes={"bot_id": self.rng.choice(BOTS)},
             participantsAgents=["a1"] if self.rng.random() < 0.3 else [],
+            lead=self.rng.choice(PEOPLE),
+            requester=self.rng.choice(PEOPLE),
         )
         self.dbs.source.requests.insert_one(dict(doc))
         self.docs.append(doc)
@@ -99,7 +154,13 @@ class World:
             return
         doc = self.rng.choice(self.docs)
         field, value = self.rng.choice(
-            [("status", 1000), ("status", 200), ("isTestMode", True), ("depth", doc["depth"] + 2)]
+            [
+                ("status", 1000),
+                ("status", 200),
+                ("isTestMode", True),
+                ("depth", doc["depth"] + 2),
+                ("lead", self.rng.choice(PEOPLE[:6])),
+            ]
         )
         doc[field] = value
         doc["updatedAt"] = self.now
@@ -165,5 +226,7 @@ def play(dbs: Databases, seed: int) -> None:
             assert org_days == sums(daily, lambda o, a, d: (o, d)), (seed, _step)
             org_months = stored(dbs, "usage_org_monthly", generation, "org_id", "month")
             assert org_months == sums(daily, lambda o, a, d: (o, d[:7])), (seed, _step)
+            users = billable_users(world.docs, covered)
+            assert served_users(dbs, generation) == distinct(users), (seed, _step)
             checked += 1
     assert checked >= 5

@@ -128,6 +128,10 @@ def test_the_vanilla_fixture_with_more_than_one_message(
         (REST_PROJECT, REST_BOT, FIXTURE_DAY): (4, 8, 2),
     }
     assert names(dbs, "org", REST_PROJECT) == {REST_BOT: "RestBot"}
+    # Users, from `lead` (an ObjectId of `leads`): each rollup-proj request has a lead of its
+    # own; the rest-proj ones were all made by Rita Rest, one lead.
+    users = {(row["org_id"], row["agent_id"]): row["users"] for row in dbs.usage_daily().find()}
+    assert users == {(ROLLUP_PROJECT, ROLLUP_BOT): 16, (REST_PROJECT, REST_BOT): 1}
 
 
 DAY = "2026-10-14"
@@ -326,6 +330,10 @@ def test_the_vanilla_sample_has_the_fixtures_shape_and_is_counted(
     agents = {row["agent_id"] for row in dbs.usage_daily().find()}
     bots = {str(bot["_id"]) for bot in dbs.source.faq_kbs.find()}
     assert agents and agents <= bots  # every conversation keeps its department's bot
+    day_rows = list(dbs.usage_daily().find())
+    assert all(row["users"] <= row["conversations"] for row in day_rows)
+    # Visitors come back: fewer users than conversations over the rows, yet some.
+    assert 0 < sum(row["users"] for row in day_rows) < sum(row["conversations"] for row in day_rows)
 
 
 def test_an_unknown_profile_stops_start_up_in_one_line() -> None:

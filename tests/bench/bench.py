@@ -137,6 +137,7 @@ def bare_floor(dbs: Databases, first: Any, last: Any) -> float:
                 "agent_id": key["agent"],
                 "day": key["day"],
                 **{name: int(doc[name]) for name in rollup.MEASURES},
+                **rollup.users_fields(doc.get("users") or []),
             }
         )
         if len(batch) >= 5000:
