@@ -16,16 +16,17 @@ from api.app import create_app, csv_cell
 from etl import ledger
 from etl.db import Databases
 from etl.definition import of_settings
-from tests.factories import BOT_1, BOT_2, clear_rows, make_row, store_rows
+from tests.factories import BOT_1, BOT_2, STORED_V2, clear_rows, make_row, store_rows
 
 NOW = datetime(2026, 11, 25, 12, 0)
 A, B, INTERNAL = "65e18830a0616000137bb854", "65e18830a0616000137bb855", "65e18830a0616000137bb8ff"
+# End users: u1 talks to both organizations (and to two of A's agents), u2 on two days.
 ROWS = [
-    make_row(A, BOT_1, "2026-10-05", 3, 30, 1),
-    make_row(A, BOT_1, "2026-10-20", 2, 10, 0),
-    make_row(A, "unattributed", "2026-10-06", 1, 4, 0),
-    make_row(B, BOT_2, "2026-09-30", 5, 50, 2),
-    make_row(INTERNAL, BOT_1, "2026-10-07", 100, 900, 0),
+    make_row(A, BOT_1, "2026-10-05", 3, 30, 1, ["u1", "u2"]),
+    make_row(A, BOT_1, "2026-10-20", 2, 10, 0, ["u2", "u3"]),
+    make_row(A, "unattributed", "2026-10-06", 1, 4, 0, ["u1"]),
+    make_row(B, BOT_2, "2026-09-30", 5, 50, 2, ["u1", "u4", "u5"]),
+    make_row(INTERNAL, BOT_1, "2026-10-07", 100, 900, 0, ["u9"]),
 ]
 
 
@@ -101,32 +102,46 @@ def test_platform_default_is_six_full_months_by_organization(api: Api) -> None:
         "Oct 2026",
     ]
     rows = body["rows"]
-    # A rollup from before users (pipeline version 2): users are null, never zero.
-    no_users = {"users": None, "users_estimate": False, "users_low": None, "users_high": None}
+
+    def users(n: int) -> dict[str, object]:
+        # Unions of the month rows' sketches: estimates, exact at these sizes.
+        return {"users": n, "users_estimate": True, "users_low": n, "users_high": n}
+
     assert [(r["id"], r["name"], r["totals"]) for r in rows] == [
         (
             A,
             "GIC",
-            {"conversations": 6, "messages": 44, "handoffs": 1, **no_users, "avg_depth": 7.33},
+            {"conversations": 6, "messages": 44, "handoffs": 1, **users(3), "avg_depth": 7.33},
         ),
         (
             B,
             "Northwind",
-            {"conversations": 5, "messages": 50, "handoffs": 2, **no_users, "avg_depth": 10.0},
+            {"conversations": 5, "messages": 50, "handoffs": 2, **users(3), "avg_depth": 10.0},
         ),
     ]
     assert conversations(rows[0]) == [0, 0, 0, 0, 0, 6]
     assert conversations(body["total"]) == [0, 0, 0, 0, 5, 6]
+    # u1 of both organizations is one user of the platform.
     assert body["total"]["totals"] == {
         "conversations": 11,
         "messages": 94,
         "handoffs": 3,
-        **no_users,
+        **users(5),
         "avg_depth": 8.55,
     }
     assert body["data_through"] == "2026-11-24"
     assert body["metrics"] == ["conversations", "messages", "handoffs", "users", "avg_depth"]
     assert body["previous"] is None and rows[0]["previous"] is None and rows[0]["change"] is None
+
+
+def test_a_rollup_from_before_users_reports_them_as_null_never_zero(api: Api) -> None:
+    api.dbs.rollup.etl_state.update_one({}, {"$set": {"definition": STORED_V2}})
+    body = api.usage()
+    no_users = {"users": None, "users_estimate": False, "users_low": None, "users_high": None}
+    for row in [*body["rows"], body["total"]]:
+        assert {key: row["totals"][key] for key in no_users} == no_users
+        assert all(cell["users"] is None for cell in row["buckets"])
+    assert body["total"]["totals"]["conversations"] == 11
 
 
 def test_staff_can_include_internal_organizations(api: Api) -> None:
