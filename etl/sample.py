@@ -51,7 +51,9 @@ class Sample:
     bots: list[Doc]
     internal_ids: list[str]
     # Built on first use: a scan of every bot per conversation is quadratic in organizations.
-    _by_org: dict[ObjectId, list[Doc]] = field(default_factory=dict, init=False, repr=False)
+    _by_org: dict[ObjectId, list[Doc]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def bots_of(self, org_id: ObjectId) -> list[Doc]:
         if not self._by_org:
