@@ -3,7 +3,7 @@
 import random
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bson import ObjectId
@@ -51,9 +51,16 @@ class Sample:
     organizations: list[Doc]
     bots: list[Doc]
     internal_ids: list[str]
+    # Built on first use: a scan of every bot per conversation is quadratic in organizations.
+    _by_org: dict[ObjectId, list[Doc]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def bots_of(self, org_id: ObjectId) -> list[Doc]:
-        return [bot for bot in self.bots if bot["id_organization"] == org_id]
+        if not self._by_org:
+            for bot in self.bots:
+                self._by_org.setdefault(bot["id_organization"], []).append(bot)
+        return self._by_org.get(org_id, [])
 
 
 def make_sample(spec: SampleSpec) -> Sample:
