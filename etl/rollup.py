@@ -136,25 +136,38 @@ def derive_months(
     months: Iterable[str],
     session: ClientSession | None,
     days: list[str] | None = None,
+    orgs: set[str] | None = None,
 ) -> None:
     """Rewrite every coarser level of `months` from the daily rows, never by differences.
 
     Given `days`, the levels by day are rewritten for those days only (the others of the
-    month did not change); the levels by month always for the whole month.
+    month did not change); the levels by month always for the whole month. Given `orgs`,
+    only those organizations' rows are read and rewritten: a level row sums one
+    organization's day rows, so the others' cannot have changed.
     """
     daily = dbs.usage_daily(generation)
+    of_orgs: Doc = {} if orgs is None else {"org_id": {"$in": sorted(orgs)}}
     for month in sorted(set(months)):
-        rows = list(daily.find(month_filter(month), session=session))
+        rows = list(daily.find({**month_filter(month), **of_orgs}, session=session))
         for level in lattice.LEVELS:
             stored = dbs.level(level.collection, generation)
             selected, which = rows, level.of_month(month)
             if days is not None and level.period == "day":
                 selected = [row for row in rows if row["day"] in days]
                 which = {"day": {"$in": [day for day in days if day[:7] == month]}}
-            stored.delete_many(which, session=session)
+            stored.delete_many({**which, **of_orgs}, session=session)
             derived = lattice.summarize(selected, level)
             if derived:
                 stored.insert_many(derived, ordered=False, session=session)
+
+
+def any_dirty(dbs: Databases, generation: int, months: set[str], session: ClientSession) -> bool:
+    """Whether a day of `months` is marked dirty: written without a transaction by a run
+    that may have died between its day rows and their levels."""
+    first, last = min(months), max(months)
+    within = {"$gte": f"{first}-01", "$lte": f"{last}-31"}
+    found = dbs.usage_days(generation).find_one({"_id": within, "dirty": True}, session=session)
+    return found is not None
 
 
 def save_days(
@@ -184,12 +197,21 @@ def save_days(
     }
 
     def replace() -> int:
-        old = usage.find({"day": {"$in": labels}}, {"_id": 1}, session=session)
+        old = list(usage.find({"day": {"$in": labels}}, {"org_id": 1}, session=session))
         old_ids = {doc["_id"] for doc in old}
         usage.delete_many({"day": {"$in": labels}}, session=session)
         if new_rows:
             usage.insert_many(new_rows, ordered=False, session=session)
-        derive_months(dbs, generation, {label[:7] for label in labels}, session, labels)
+        months = {label[:7] for label in labels}
+        # In a transaction the levels agreed with the day rows before it (unless a run
+        # without one left a day dirty), so only the organizations with day rows on these
+        # days, before or after, need theirs re-derived: a nightly run over a few days of a
+        # platform with many small organizations rewrites a few of their months, not all.
+        # Without a transaction, a run that died half-way may have left any level behind.
+        orgs = None
+        if session is not None and not any_dirty(dbs, generation, months, session):
+            orgs = {doc["org_id"] for doc in old} | {row["org_id"] for row in new_rows}
+        derive_months(dbs, generation, months, session, labels, orgs)
         ledger.stamp_days(dbs, generation, days, stamp, session)
         if target.served:
             ledger.bump(dbs.rollup, generation, session)

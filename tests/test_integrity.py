@@ -400,3 +400,51 @@ def test_every_level_of_the_lattice_is_verified_and_repaired(dbs: Databases) -> 
     assert verify.find_month_drift(dbs, first, last) == []
     dbs.level("usage_org_monthly").delete_many({})
     assert verify.find_month_drift(dbs, first, last) == ["2026-09"]
+
+
+def org_months(dbs: Databases) -> dict[tuple[str, str], int]:
+    """Conversations per (organization, month) in the organization-month level."""
+    return {
+        (row["org_id"], row["month"]): row["conversations"]
+        for row in dbs.level("usage_org_monthly").find()
+    }
+
+
+def test_a_recomputed_day_rederives_the_months_of_the_organizations_it_had_or_has(
+    dbs: Databases,
+) -> None:
+    """A transaction re-derives only the organizations with rows on its days, before or
+    after: one whose only conversation turned test mode loses its month rows; another
+    organization's stay as they were."""
+    other = ObjectId("65e18830a0616000137bb8aa")
+    gone, kept = datetime(2026, 9, 5, 9), datetime(2026, 9, 6, 9)
+    dbs.source.requests.insert_many(
+        [
+            make_request(createdAt=gone, updatedAt=gone),
+            make_request(createdAt=kept, updatedAt=kept, id_organization=other),
+        ]
+    )
+    backfill(dbs, "2026-09-01", "2026-09-30")
+    assert org_months(dbs) == {(str(ORG_A), "2026-09"): 1, (str(other), "2026-09"): 1}
+    dbs.source.requests.update_one({"createdAt": gone}, {"$set": {"isTestMode": True}})
+    backfill(dbs, "2026-09-05", "2026-09-05", T0 + timedelta(hours=1))
+    assert org_months(dbs) == {(str(other), "2026-09"): 1}
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
+
+
+def test_a_dirty_day_in_the_month_rederives_every_organization(dbs: Databases) -> None:
+    """A run without transactions died between its day rows and their levels: the day is
+    dirty, and the organization whose rows it deleted is on no day any more. The next
+    recompute, in a transaction, re-derives the whole month, so its stale levels go."""
+    if not dbs.supports_transactions():
+        pytest.skip("needs a server with transactions")
+    created = datetime(2026, 9, 5, 9)
+    dbs.source.requests.insert_one(make_request(createdAt=created, updatedAt=created))
+    backfill(dbs, "2026-09-01", "2026-09-30")
+    day = date(2026, 9, 5)
+    ledger.mark_dirty(dbs, 1, [day], run_id=None)
+    dbs.usage_daily().delete_many({"day": "2026-09-05"})  # ...and died here
+    dbs.source.requests.update_one({"createdAt": created}, {"$set": {"isTestMode": True}})
+    backfill(dbs, "2026-09-05", "2026-09-05", T0 + timedelta(hours=1))
+    assert org_months(dbs) == {}
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
