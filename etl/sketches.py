@@ -4,12 +4,13 @@ A day row keeps the exact count of its users and a sketch of them; every coarser
 week, a month, an organization's total, the platform's) is the union of the sketches it
 covers, never a sum of counts: a person who talks on two days is one user of the week.
 
-LG_K = 12 (4,096 buckets): the relative standard error is about 1.3 % with the composite
-estimator DataSketches uses, so the 95 % interval (two standard errors) is within about
-±2.6 % of the estimate. A sketch is stored compact as HLL_4: at most 2,088 bytes, and far less
-for the many small rows (in list or set mode, 4 bytes per distinct user, and exact there).
-LG_K = 11 would halve the largest row and widen the interval to ±3.7 %; 13 would double both
-the largest row and the union cost for ±1.8 %. Adoption trends read at a couple of percent.
+LG_K = 12 (4,096 registers): a single sketch's relative standard error is about 1.3 % with the
+estimator DataSketches uses for it, so its 95 % interval (two standard errors) is about ±2.6 %;
+a union cannot use that estimator, and its interval is about ±3.3 %. Up to a few hundred
+distinct users a sketch keeps the hashed ids themselves and is exact. A sketch is stored
+compact as HLL_4: at most 2,088 bytes, and 4 bytes per user in the many small rows. LG_K = 11
+would halve the largest row and widen the intervals by 40 %; 13 would double both the largest
+row and the cost of a union to narrow them by 30 %. Adoption trends read at a couple of percent.
 """
 
 from collections.abc import Iterable
