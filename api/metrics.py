@@ -8,7 +8,7 @@ when Prometheus scrapes, not per request.
 import hmac
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -161,6 +161,8 @@ class ServedCollector(Collector):
             1,
         )
         yield info
+        # The served rollup's days are its definition's, whatever the settings say now.
+        zone = freshness.served_zone(definition, self.settings.zone)
         yield GaugeMetricFamily(
             "usage_served_generation", "The generation the API serves.", value=served.generation
         )
@@ -168,7 +170,7 @@ class ServedCollector(Collector):
             yield GaugeMetricFamily(
                 "usage_data_through_timestamp_seconds",
                 "End of the last complete day served (data_through), in the reporting timezone.",
-                value=timestamp(self.end_of(served.data_through)),
+                value=timestamp(day_start_utc(served.data_through + timedelta(days=1), zone)),
             )
         if served.finished_at is not None:
             yield GaugeMetricFamily(
@@ -180,7 +182,7 @@ class ServedCollector(Collector):
             nightly,
             served.data_through,
             self.clock(),
-            self.settings.zone,
+            zone,
             timedelta(hours=self.settings.max_lag_hours),
         )
         yield GaugeMetricFamily(
@@ -188,9 +190,6 @@ class ServedCollector(Collector):
             "1 when the last nightly run succeeded and the data is within USAGE_MAX_LAG_HOURS.",
             value=int(found.fresh),
         )
-
-    def end_of(self, day: date) -> datetime:
-        return day_start_utc(day + timedelta(days=1), self.settings.zone)
 
 
 def bearer_token(request: Request) -> str:

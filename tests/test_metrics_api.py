@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import auth
 from api.app import create_app
+from etl import runner
 from etl.db import Databases
 from tests.test_api import NOW, ROWS, add_run, cover
 
@@ -116,3 +117,29 @@ def test_two_apps_in_one_process_keep_their_own_counts(
         assert ("usage_http_requests_total", (("route", "/api/ping"), ("status", "200"))) not in (
             scraped(second)
         )
+
+
+def test_freshness_is_exported_in_the_served_definitions_timezone(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    """Settings changed to UTC, not yet rebuilt: the rollup still counts Rome's days, so its
+    data_through ends at Rome's midnight and its lag is measured from there, as /api/health
+    and `usage status` judge it."""
+    rome = make_dbs(timezone="Europe/Rome")
+    now = datetime(2026, 11, 25, 2, 30)
+    runner.run_nightly(rome, now, lambda: now)
+    utc = make_dbs(
+        timezone="UTC",
+        metrics_token=TOKEN,
+        source_db=rome.settings.source_db,
+        rollup_db=rome.settings.rollup_db,
+    )
+    # Rome's 2026-11-24 ends at 23:00 UTC; 36 hours later is 11:00 on the 26th.
+    later = datetime(2026, 11, 26, 11, 30)
+    with TestClient(create_app(utc, clock=lambda: later)) as client:
+        got = scraped(client)
+        health = client.get("/api/health").json()
+    through = datetime(2026, 11, 24, 23, tzinfo=UTC).timestamp()
+    assert got[("usage_data_through_timestamp_seconds", ())] == through
+    assert health["status"] == "stale"
+    assert got[("usage_fresh", ())] == 0
