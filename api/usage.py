@@ -370,6 +370,9 @@ def sort_value(line: Line, query: UsageQuery, names: dict[str, str], with_users:
         now_value = line.total().value(query.metric, with_users)
         before_value = before.value(query.metric, with_users)
         return change_of(query.metric, now_value, before_value)["abs"]
+    if query.sort in MEASURES:
+        # A sum needs no total cell: ranking 10,000 rows builds none.
+        return sum(cell.sums[query.sort] for cell in line.cells)
     return line.total().value(query.sort, with_users)
 
 
