@@ -25,7 +25,7 @@ from pymongo.errors import PyMongoError
 from api import auth, metrics
 from api.buckets import GranularityChoice, Scope
 from api.edge import Edge
-from api.fastpath import FastPath
+from api.fastpath import USAGE_PATH, FastPath
 from api.usage import (
     Compare,
     Forbidden,
@@ -35,6 +35,7 @@ from api.usage import (
     Sort,
     UsageQuery,
     UsageService,
+    cache_key,
     movers_query,
     read_served,
     resolve_query,
@@ -46,6 +47,7 @@ from etl.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
 MAX_LIMIT = 1000
+MOVERS_PATH = "/api/aggregations/movers"
 log = logging.getLogger("usage.api")
 MAX_MOVERS = 50
 
@@ -116,6 +118,10 @@ class MoverOut(BaseModel):
     previous: float | None
     change: float
     pct: float | None
+    estimate: bool = Field(
+        description="True when current and previous are distinct users united from sketches "
+        "(estimates; see the usage cells' bounds), false for exact figures"
+    )
 
 
 class MoversOut(BaseModel):
@@ -410,7 +416,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         )
         return JSONResponse({"detail": "the database is unavailable; try again"}, status_code=503)
 
-    @app.get("/api/aggregations/usage", response_model=UsageOut, responses=ERRORS)
+    @app.get(USAGE_PATH, response_model=UsageOut, responses=ERRORS)
     async def usage(
         request: Request, service: ServiceDep, principal: PrincipalDep, query: QueryDep
     ) -> Response:
@@ -425,7 +431,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         served = service.known()
         if served is None:
             served = await run_in_threadpool(service.served)
-        key = (principal.key_id, request.scope["query_string"], today())
+        key = cache_key(principal.key_id, USAGE_PATH, request.scope["query_string"], today())
         body = service.cached(key, served)
         if body is None:
             body = await run_in_threadpool(service.report_json, query, served)
@@ -449,7 +455,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
             headers={"Content-Disposition": disposition},
         )
 
-    @app.get("/api/aggregations/movers", response_model=MoversOut, responses=ERRORS)
+    @app.get(MOVERS_PATH, response_model=MoversOut, responses=ERRORS)
     async def movers(
         request: Request,
         service: ServiceDep,
@@ -489,7 +495,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         served = service.known()
         if served is None:
             served = await run_in_threadpool(service.served)
-        key = (principal.key_id, b"movers?" + request.scope["query_string"], today())
+        key = cache_key(principal.key_id, MOVERS_PATH, request.scope["query_string"], today())
         body = service.cached(key, served)
         if body is None:
             body = await run_in_threadpool(service.movers_json, query, n, served)

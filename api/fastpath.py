@@ -12,7 +12,7 @@ from datetime import date
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import Principal
-from api.usage import UsageService
+from api.usage import UsageService, cache_key
 
 USAGE_PATH = "/api/aggregations/usage"
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -54,4 +54,5 @@ class FastPath:
         principal = self.principal_of(token) if token else None
         if principal is None:
             return None
-        return self.service.cached((principal.key_id, scope["query_string"], self.today()))
+        key = cache_key(principal.key_id, USAGE_PATH, scope["query_string"], self.today())
+        return self.service.cached(key)

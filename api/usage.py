@@ -507,6 +507,12 @@ def read_served(dbs: Databases) -> Served:
 CacheKey = tuple[str, bytes, date]
 
 
+def cache_key(key_id: str, path: str, query_string: bytes, today: date) -> CacheKey:
+    """What a response is cached under: the caller's key, the path with its raw query (every
+    endpoint shares the cache, so the path keeps their bodies apart) and the day."""
+    return key_id, path.encode() + b"?" + query_string, today
+
+
 class UsageService:
     """Answers usage queries from the served generation, caching whole responses.
 
@@ -681,6 +687,10 @@ class UsageService:
             before_value = before.value(query.metric, found.with_users)
             change = change_of(query.metric, now_value, before_value)
             if change["abs"]:
+                # Users of a range are unions of sketches: say so, as the usage cells do.
+                estimate = query.metric == "users" and (
+                    line.total().users()[1] or before.users()[1]
+                )
                 moves.append(
                     {
                         "id": line.id,
@@ -689,6 +699,7 @@ class UsageService:
                         "previous": rounded(before_value),
                         "change": change["abs"],
                         "pct": change["pct"],
+                        "estimate": estimate,
                     }
                 )
         # Stable sorts over the id order: ties stay by id.

@@ -547,6 +547,7 @@ def test_movers_rank_growth_and_decline_ties_by_id(ranked: Api) -> None:
         "previous": 2,
         "change": 3,
         "pct": 150.0,
+        "estimate": False,
     }
     assert body["up"][1]["pct"] is None  # echo had no conversations in September
     assert [m["id"] for m in ranked.movers(start="2026-10-01", end="2026-10-31", n=1)["up"]] == [
@@ -554,11 +555,22 @@ def test_movers_rank_growth_and_decline_ties_by_id(ranked: Api) -> None:
     ]
     users = ranked.movers(start="2026-10-01", end="2026-10-31", metric="users")
     assert users["metric"] == "users"
-    assert [(m["id"], m["change"]) for m in users["up"]] == [
-        (ORGS[2], 2),
-        (ORGS[4], 2),
-        (ORGS[0], 1),
+    assert [(m["id"], m["change"], m["estimate"]) for m in users["up"]] == [
+        (ORGS[2], 2, True),
+        (ORGS[4], 2, True),
+        (ORGS[0], 1, True),
     ]
+
+
+def test_a_usage_query_is_never_answered_with_a_movers_body(api: Api) -> None:
+    """Both endpoints share the response cache: the path keeps their bodies apart."""
+    movers = api.get("/api/aggregations/movers", scope="platform")
+    assert movers.status_code == 200
+    headers = {"Authorization": f"Bearer {api.keys['staff']}"}
+    # A raw query string that spells the movers call's, `?` and all.
+    lookalike = api.client.get("/api/aggregations/usage?movers?scope=platform", headers=headers)
+    assert lookalike.status_code == 200
+    assert "rows" in lookalike.json() and "up" not in lookalike.json()
 
 
 def test_movers_follow_the_access_rules_of_usage(api: Api) -> None:

@@ -529,7 +529,8 @@ function renderMovers(movers) {
       li.dataset.id = m.id;
       const change = changeText({ abs: m.change, pct: m.pct }, metric);
       li.append(cell("span", m.name, "mover-name"), cell("span", change.text, "change " + change.cls),
-        cell("span", fmtValue(m.previous, metric) + " → " + fmtValue(m.current, metric), "mover-values"));
+        cell("span", (m.estimate ? "≈ " : "") + fmtValue(m.previous, metric) + " → "
+          + fmtValue(m.current, metric), "mover-values"));
       ol.appendChild(li);
     });
     box.appendChild(ol);
