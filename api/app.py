@@ -36,7 +36,6 @@ from api.usage import (
     UsageQuery,
     UsageService,
     cache_key,
-    movers_query,
     read_served,
     resolve_query,
 )
@@ -467,30 +466,33 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         start: Annotated[str | None, Query(description="First day, YYYY-MM-DD")] = None,
         end: Annotated[str | None, Query(description="Last day, YYYY-MM-DD, inclusive")] = None,
         include_internal: Annotated[bool, Query(description="Staff only")] = False,
+        granularity: Annotated[
+            GranularityChoice, Query(description="As usage's: decides the previous period")
+        ] = "auto",
         metric: Annotated[Metric, Query(description="The metric compared")] = "conversations",
         n: Annotated[int, Query(ge=1, le=MAX_MOVERS, description="Rows up and rows down")] = 5,
     ) -> Response:
         """The rows that grew most (`up`, largest change first) and fell most (`down`, most
         negative first) against the previous period, ties by id.
 
-        The previous period of whole calendar months is as many whole months just before;
-        of any other range, as many days just before. Same defaults and access rules as
-        usage: a customer key's platform request is its own organization's (its agents)."""
-        query = movers_query(
-            resolve_query(
-                scope=scope,
-                org_id=org_id,
-                agent_id=None,
-                start=start,
-                end=end,
-                granularity="auto",
-                include_internal=include_internal,
-                principal=principal,
-                today=today(),
-                settings=settings,
-                compare="previous",
-                metric=metric,
-            )
+        The previous period is usage's for the same `start`, `end` and `granularity` (so a
+        view's movers and its change column agree): whole calendar months shown by month
+        against as many whole months just before; any other range against as many days just
+        before. Same defaults and access rules as usage: a customer key's platform request is
+        its own organization's (its agents)."""
+        query = resolve_query(
+            scope=scope,
+            org_id=org_id,
+            agent_id=None,
+            start=start,
+            end=end,
+            granularity=granularity,
+            include_internal=include_internal,
+            principal=principal,
+            today=today(),
+            settings=settings,
+            compare="previous",
+            metric=metric,
         )
         served = service.known()
         if served is None:

@@ -18,7 +18,6 @@ from api.buckets import (
     GranularityChoice,
     Scope,
     default_range,
-    is_whole_months,
     make_buckets,
     previous_buckets,
     previous_range,
@@ -282,17 +281,41 @@ def fetch_groups(
     return groups
 
 
-def fetch_names(db: Database[Doc], collection: str, ids: list[str]) -> dict[str, str]:
-    """Display names by id from a source collection whose _id may be ObjectId or string."""
+# Where an agent (a Tiledesk bot) names the organization that owns it: vanilla Tiledesk's
+# `id_project`, and the deployment's own organization field.
+AGENT_OWNER_FIELDS = ("id_project", "id_organization")
+
+
+def fetch_names(
+    db: Database[Doc], collection: str, ids: list[str], owner: str | None = None
+) -> dict[str, str]:
+    """Display names by id from a source collection whose _id may be ObjectId or string.
+
+    Given `owner`, a document that names another organization in one of AGENT_OWNER_FIELDS
+    gives no name: a conversation can carry any agent id in its attributes, and an agent of
+    another organization must never show its name there.
+    """
     wanted: list[Any] = [ObjectId(i) for i in ids if is_object_id(i)] + list(ids)
     names: dict[str, str] = {}
     if not wanted:
         return names
-    for doc in db[collection].find({"_id": {"$in": wanted}}, {"name": 1}):
+    fields = {"name": 1, **dict.fromkeys(AGENT_OWNER_FIELDS, 1)}
+    for doc in db[collection].find({"_id": {"$in": wanted}}, fields):
         name = doc.get("name")
+        if owner is not None and not owned_by(doc, owner):
+            continue
         if isinstance(name, str) and name.strip():
             names[str(doc["_id"]).lower()] = name.strip()
     return names
+
+
+def owned_by(doc: Doc, owner: str) -> bool:
+    """Whether no owner field of `doc` names an organization other than `owner`."""
+    for field in AGENT_OWNER_FIELDS:
+        value = doc.get(field)
+        if value is not None and str(value).strip().lower() != owner:
+            return False
+    return True
 
 
 def fold(
@@ -579,7 +602,8 @@ class UsageService:
         other's name."""
         if query.scope == "platform":
             return fetch_names(self.dbs.source, self.settings.org_names, ids)
-        names = fetch_names(self.dbs.source, self.settings.agent_names_collection, ids)
+        collection = self.settings.agent_names_collection
+        names = fetch_names(self.dbs.source, collection, ids, owner=query.org_id)
         names[UNATTRIBUTED] = "Unattributed"
         return names
 
@@ -735,11 +759,3 @@ class Lines:
     # Ids with data in either period: the only ones whose names may be shown.
     active: set[str]
     with_users: bool
-
-
-def movers_query(query: UsageQuery) -> UsageQuery:
-    """Movers compare totals: a range of whole months is compared with as many whole months
-    before it, whatever granularity its length would get."""
-    if is_whole_months(query.first, query.last):
-        return replace(query, granularity="month")
-    return query

@@ -630,3 +630,42 @@ def test_a_customer_key_never_learns_another_organizations_agent_name(api: Api) 
         assert exported.status_code == 200 and "Secret" not in exported.text
     # Staff, and the organization it belongs to, see the name.
     assert api.usage(scope="org", org_id=B, **span)["rows"][0]["name"] == "Northwind Secret Bot"
+
+
+def test_a_conversation_naming_another_organizations_agent_never_shows_its_name(
+    api: Api,
+) -> None:
+    """A conversation's attributes can carry any agent id: GIC's rows for Northwind's bot
+    (owned by Northwind in `id_project` or `id_organization`) show its id, never its name,
+    to GIC's key, in usage, search, name order, the CSV and movers alike."""
+    api.dbs.source.faq_kbs.insert_many(
+        [
+            {"_id": ObjectId(BOT_2), "name": "Northwind Secret Bot", "id_project": B},
+            {"_id": "b3", "name": "Other Secret Bot", "id_organization": ObjectId(B)},
+        ]
+    )
+    clear_rows(api.dbs)
+    store_rows(
+        api.dbs,
+        [
+            *ROWS,
+            make_row(A, BOT_2, "2026-10-08", 2, 8, 0, ["u7"]),
+            make_row(A, "b3", "2026-10-09", 1, 3, 0, ["u8"]),
+        ],
+    )
+    span = {"start": "2026-10-01", "end": "2026-10-31"}
+    for key in ("a", "staff"):
+        body = api.usage(key, scope="org", org_id=A, sort="name", **span)
+        names = {row["id"]: row["name"] for row in body["rows"]}
+        assert (names[BOT_2], names["b3"]) == (BOT_2, "b3")
+        assert names[BOT_1] == "Support Bot"  # no owner field: its name stands
+    assert api.usage("a", q="secret", **span)["total_rows"] == 0
+    exported = api.get("/api/aggregations/usage.csv", "a", **span)
+    assert exported.status_code == 200 and "Secret" not in exported.text
+    movers = api.get("/api/aggregations/movers", "a", **span)
+    assert movers.status_code == 200 and "Secret" not in movers.text
+    # In Northwind's own view its bot keeps its name.
+    assert (
+        api.usage(scope="org", org_id=B, start="2026-09-01", end="2026-09-30")["rows"][0]["name"]
+        == "Northwind Secret Bot"
+    )

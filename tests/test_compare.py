@@ -532,8 +532,13 @@ def test_csv_without_compare_keeps_its_columns(api: Api) -> None:
 
 
 def test_movers_rank_growth_and_decline_ties_by_id(ranked: Api) -> None:
-    body = ranked.movers(start="2026-10-01", end="2026-10-31")
+    body = ranked.movers(start="2026-10-01", end="2026-10-31", granularity="month")
     assert (body["previous_start"], body["previous_end"]) == ("2026-09-01", "2026-09-30")
+    # By week (October's automatic granularity), usage's previous period: 31 days before.
+    weekly = ranked.movers(start="2026-10-01", end="2026-10-31")
+    usage = ranked.usage(start="2026-10-01", end="2026-10-31", compare="previous")
+    assert (weekly["previous_start"], weekly["previous_end"]) == ("2026-08-31", "2026-09-30")
+    assert (usage["previous"]["start"], usage["previous"]["end"]) == ("2026-08-31", "2026-09-30")
     changes = {org: RANKED[org][1] - RANKED[org][0] for org in RANKED}
     up = sorted((o for o in changes if changes[o] > 0), key=lambda o: (-changes[o], o))
     down = sorted((o for o in changes if changes[o] < 0), key=lambda o: (changes[o], o))
@@ -550,10 +555,9 @@ def test_movers_rank_growth_and_decline_ties_by_id(ranked: Api) -> None:
         "estimate": False,
     }
     assert body["up"][1]["pct"] is None  # echo had no conversations in September
-    assert [m["id"] for m in ranked.movers(start="2026-10-01", end="2026-10-31", n=1)["up"]] == [
-        ORGS[0]
-    ]
-    users = ranked.movers(start="2026-10-01", end="2026-10-31", metric="users")
+    one = ranked.movers(start="2026-10-01", end="2026-10-31", granularity="month", n=1)
+    assert [m["id"] for m in one["up"]] == [ORGS[0]]
+    users = ranked.movers(start="2026-10-01", end="2026-10-31", granularity="month", metric="users")
     assert users["metric"] == "users"
     assert [(m["id"], m["change"], m["estimate"]) for m in users["up"]] == [
         (ORGS[2], 2, True),

@@ -149,7 +149,7 @@ async function loadMovers() {
     return;
   }
   const params = { scope: "platform", start: report.start, end: report.end,
-    metric: state.metric, n: TOP };
+    granularity: report.granularity, metric: state.metric, n: TOP };
   try {
     const movers = await (await request(MOVERS_API, params)).json();
     if (seq !== state.moversSeq || state.report !== report) return;
