@@ -241,6 +241,17 @@ function isBeforeData(bucket, report) {
   return (report.data_gaps || []).some(([first, last]) => first <= bucket.start && bucket.end <= last);
 }
 
+// The compared period's buckets that were never counted, and whether that is all of them.
+function previousNoData(report, i) {
+  return Boolean(report.previous) && isBeforeData(report.previous.buckets[i], report);
+}
+function previousAllNoData(report) {
+  return Boolean(report.previous) && report.previous.buckets.every((b) => isBeforeData(b, report));
+}
+function previousSomeNoData(report) {
+  return Boolean(report.previous) && report.previous.buckets.some((b) => isBeforeData(b, report));
+}
+
 function bucketClass(bucket, report) {
   const classes = [];
   if (isBeforeData(bucket, report)) classes.push("nodata");
@@ -290,10 +301,17 @@ function rowCells(tr, row, report) {
   });
   tr.appendChild(cell("td", fmtCell(row.totals, state.metric), "total"));
   if (report.previous) {
+    if (previousAllNoData(report)) {
+      const td = cell("td", "no data", "change flat nodata");
+      td.title = "No data for the previous period: it lies before the first computed day";
+      tr.appendChild(td);
+      return;
+    }
     const change = changeText(row.change ? row.change[state.metric] : null, state.metric);
     const td = cell("td", change.text, "change " + change.cls);
     const prev = row.previous ? value(row.previous.totals, state.metric) : null;
-    td.title = "Previous period: " + fmtValue(prev, state.metric);
+    td.title = "Previous period: " + fmtValue(prev, state.metric)
+      + (previousSomeNoData(report) ? " (partly before the first computed day: not counted there)" : "");
     tr.appendChild(td);
   }
 }
@@ -301,6 +319,7 @@ function rowCells(tr, row, report) {
 function render() {
   const report = state.report;
   $("subtitle").textContent = subtitle(report);
+  $("search").placeholder = report.scope === "platform" ? "Organization name" : "Agent name";
   $("freshness").textContent = freshness(report);
   renderChart(report);
   const table = $("table");
@@ -453,7 +472,8 @@ function chartModel(report) {
     }
   }
   const prevTotal = report.previous && report.total.previous ? report.total.previous.buckets : null;
-  const previous = prevTotal ? prevTotal.map((b) => value(b, metric)) : null;
+  const previous = prevTotal
+    ? prevTotal.map((b, i) => (previousNoData(report, i) ? null : value(b, metric))) : null;
   const name = METRIC_NAMES[metric];
   const buckets = report.buckets.map((b) => ({
     key: b.key, label: b.label, start: b.start, end: b.end, marks: bucketMarks(b, report).replace(/ /g, ""),
@@ -471,8 +491,9 @@ function chartModel(report) {
     if (previous) {
       const pb = report.previous.buckets[i];
       const pc = prevTotal[i];
-      lines.push(["Previous (" + dateRange(pb.start, pb.end) + ")", fmtCell(pc, metric, true), null, "tip-previous"]);
-      const change = changeText(changeOf(totals[i], previous[i], metric), metric);
+      const noData = previousNoData(report, i);
+      lines.push(["Previous (" + dateRange(pb.start, pb.end) + ")", noData ? "no data" : fmtCell(pc, metric, true), null, "tip-previous"]);
+      const change = noData ? { text: "—", cls: "flat" } : changeText(changeOf(totals[i], previous[i], metric), metric);
       lines.push(["Change", change.text, null, "tip-change " + change.cls]);
     }
     const notes = [];
@@ -496,10 +517,14 @@ function renderChart(report) {
   drawChart($("chart"), $("chart-tip"), model);
   const stackable = ADDITIVE.has(state.metric);
   $("chart-mode").disabled = !stackable;
-  $("chart-note").textContent = stackable ? ""
-    : "Users and average depth do not add up across rows, so the chart shows the total.";
+  const notes = [];
+  if (!stackable) notes.push("Users and average depth do not add up across rows, so the chart shows the total.");
+  if (previousSomeNoData(report) && report.data_from) {
+    notes.push("No data for the previous period before " + longDate(report.data_from) + ", the first computed day.");
+  }
+  $("chart-note").textContent = notes.join(" ");
   const items = model.series.map((se) => legendItem(se.name, se.color));
-  if (model.previous) items.push(legendItem("Previous period", null, "previous"));
+  if (model.previous && model.previous.some((v) => v !== null)) items.push(legendItem("Previous period", null, "previous"));
   if (model.buckets.some((b) => b.faded)) items.push(legendItem("Partial, still filling in or no data", null, "hatched"));
   $("chart-legend").replaceChildren(...items);
 }
@@ -515,9 +540,15 @@ function legendItem(name, color, cls) {
 // Movers -----------------------------------------------------------------------------------
 function renderMovers(movers) {
   const metric = movers.metric;
+  const from = state.report ? state.report.data_from : null;
   $("movers").hidden = false;
   $("movers-title").textContent = "Biggest changes in " + METRIC_NAMES[metric] + " against "
     + dateRange(movers.previous_start, movers.previous_end);
+  if (from && movers.previous_end < from) {
+    $("movers-body").replaceChildren(cell("p", "No data to compare with: the previous period lies before "
+      + longDate(from) + ", the first computed day.", "muted movers-note"));
+    return;
+  }
   const list = (title, items, cls) => {
     const box = document.createElement("div");
     box.className = "movers-list " + cls;
@@ -536,7 +567,12 @@ function renderMovers(movers) {
     box.appendChild(ol);
     return box;
   };
-  $("movers-body").replaceChildren(list("Up", movers.up, "up"), list("Down", movers.down, "down"));
+  const parts = [list("Up", movers.up, "up"), list("Down", movers.down, "down")];
+  if (from && movers.previous_start < from) {
+    parts.push(cell("p", "The previous period starts before " + longDate(from)
+      + ", the first computed day: its figures are counted from then on only.", "muted movers-note"));
+  }
+  $("movers-body").replaceChildren(...parts);
 }
 
 // CSV --------------------------------------------------------------------------------------
