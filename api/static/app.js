@@ -180,7 +180,9 @@ function fmtValue(v, metric) {
 function fmtCell(c, metric, bounds) {
   const v = value(c, metric);
   const text = fmtValue(v, metric);
-  if (metric !== "users" || v === null || !c.users_estimate) return text;
+  // A union small enough to hold every user is exact: its bounds are the figure itself.
+  const exact = !c.users_estimate || (c.users_low === v && c.users_high === v);
+  if (metric !== "users" || v === null || exact) return text;
   let out = "≈ " + text;
   if (bounds && c.users_low !== null && c.users_low !== undefined) {
     out += " (" + fmt(c.users_low) + "–" + fmt(c.users_high) + ")";
