@@ -480,20 +480,25 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         against as many whole months just before; any other range against as many days just
         before. Same defaults and access rules as usage: a customer key's platform request is
         its own organization's (its agents)."""
-        query = resolve_query(
-            scope=scope,
-            org_id=org_id,
-            agent_id=None,
-            start=start,
-            end=end,
-            granularity=granularity,
-            include_internal=include_internal,
-            principal=principal,
-            today=today(),
-            settings=settings,
-            compare="previous",
-            metric=metric,
-        )
+        try:
+            query = resolve_query(
+                scope=scope,
+                org_id=org_id,
+                agent_id=None,
+                start=start,
+                end=end,
+                granularity=granularity,
+                include_internal=include_internal,
+                principal=principal,
+                today=today(),
+                settings=settings,
+                compare="previous",
+                metric=metric,
+            )
+        except ParamError as exc:
+            if exc.param != "compare":
+                raise
+            raise ParamError("start", exc.reason) from None  # movers always compare
         served = service.known()
         if served is None:
             served = await run_in_threadpool(service.served)

@@ -136,10 +136,11 @@ def resolve_query(
     if first is None and last is None:
         first, last = default_first, default_last
     elif first is None:
+        # A range worked out from one date stays within the dates the API accepts.
         assert last is not None
-        first = last - (default_last - default_first)
+        first = max(dates.FIRST_DAY, last - (default_last - default_first))
     elif last is None:
-        last = first + (default_last - default_first)
+        last = min(dates.LAST_DAY, first + (default_last - default_first))
     if first > last:
         raise ParamError("start", f"{first} is after end {last}")
     if range_days(first, last) > settings.max_range_days:

@@ -597,6 +597,7 @@ def test_movers_follow_the_access_rules_of_usage(api: Api) -> None:
         ({"scope": "agent"}, 422, "scope"),
         ({"scope": "org"}, 422, "org_id"),
         ({"start": "2026-10-31", "end": "2026-10-01"}, 422, "start"),
+        ({"start": "0002-01-01", "end": "0002-01-31"}, 422, "start"),
     ]:
         key = "a" if status == 403 else "staff"
         response = api.get("/api/aggregations/movers", key, **params)

@@ -68,6 +68,17 @@ def resolve(principal: Principal = STAFF, **given: Any) -> UsageQuery:
             {"scope": "org", "org_id": A, "end": "2026-11-07", "start": "2026-11-01"},
             ("org", A, None, "2026-11-01", "2026-11-07", "day"),
         ),
+        # One date near the ends of the calendar: the worked-out one stays within it.
+        (
+            STAFF,
+            {"start": "9998-12-31"},
+            ("platform", None, None, "9998-12-31", "9998-12-31", "day"),
+        ),
+        (
+            STAFF,
+            {"end": "0002-01-05"},
+            ("platform", None, None, "0002-01-01", "0002-01-05", "day"),
+        ),
     ],
 )
 def test_resolving_a_query(principal: Principal, given: dict[str, Any], expected: tuple) -> None:
