@@ -91,13 +91,16 @@ def made_of(spec: Spec) -> sample.Sample:
 
 def run_child(args: list[str], env: dict[str, str]) -> dict[str, float]:
     with tempfile.NamedTemporaryFile(suffix=".json") as report:
-        subprocess.run(
+        child = subprocess.run(
             [sys.executable, "-c", LAUNCHER, report.name, *args],
             env=env,
-            check=True,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        if child.returncode != 0:
+            # The command's own one line says why; the bench stops with it.
+            sys.exit(f"bench: usage {' '.join(args)} exited {child.returncode}: {child.stderr}")
         return json.loads(Path(report.name).read_text())  # type: ignore[no-any-return]
 
 
