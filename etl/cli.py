@@ -501,7 +501,7 @@ def keys_revoke(
 
     with databases(settings_of(ctx)) as dbs:
         if not auth.revoke_key(dbs.rollup, key_id, utcnow()):
-            fail(f"no active key with id {key_id!r}")
+            fail(f"no active key with id {key_id!r}", code=2)
     out.print(f"revoked {key_id}", markup=False)
 
 

@@ -160,7 +160,7 @@ def test_keys_are_created_listed_and_revoked(dbs: Databases) -> None:
     assert secret not in listed.stdout
     assert usage("keys", "revoke", key_id, env=env).returncode == 0
     again = usage("keys", "revoke", key_id, env=env)
-    assert again.returncode == 1 and key_id in one_line(again.stderr)
+    assert again.returncode == 2 and key_id in one_line(again.stderr)
     assert usage("keys", "create", "--name", "both", env=env).returncode == 2
 
 
