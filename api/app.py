@@ -399,7 +399,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
 
     @app.exception_handler(Forbidden)
     def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=403)
+        return JSONResponse({"detail": str(exc), "parameter": exc.param}, status_code=403)
 
     @app.exception_handler(Unauthorized)
     def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:

@@ -54,7 +54,12 @@ class ParamError(Exception):
 
 
 class Forbidden(Exception):
-    """The caller's key may not see what it asked for: 403."""
+    """The caller's key may not see what it asked for (through `param`): 403."""
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param}: {reason}")
+        self.param = param
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -109,9 +114,9 @@ def resolve_query(
     """Apply defaults, validation and the access rules to the raw parameters."""
     if not principal.is_staff:
         if include_internal:
-            raise Forbidden("include_internal is for platform staff keys only")
+            raise Forbidden("include_internal", "for platform staff keys only")
         if org_id is not None and org_id.lower() != principal.org_id:
-            raise Forbidden("this key may only read its own organization")
+            raise Forbidden("org_id", "this key may only read its own organization")
         if scope == "platform":
             scope = "org"
         org_id = principal.org_id

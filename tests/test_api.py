@@ -202,6 +202,9 @@ def test_customer_key_lands_on_its_own_organization(api: Api) -> None:
 def test_customer_key_cannot_read_other_org(api: Api, params: dict[str, str]) -> None:
     response = api.get("/api/aggregations/usage", "a", **params)
     assert response.status_code == 403
+    named = "include_internal" if "include_internal" in params else "org_id"
+    assert response.json()["parameter"] == named
+    assert response.json()["detail"].startswith(f"{named}: ")
     csv = api.get("/api/aggregations/usage.csv", "a", **params)
     assert csv.status_code == 403
 
