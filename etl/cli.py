@@ -76,6 +76,8 @@ def databases(settings: Settings) -> Iterator[Databases]:
         fail(str(exc), EXIT_USAGE)
     except PyMongoError as exc:
         fail(plain_error(exc, settings.mongodb_uri))
+    except rollup.TransactionTooLong as exc:
+        fail(" ".join(str(exc).split()))
 
 
 def parse_day(value: str, option: str) -> date:

@@ -1,5 +1,7 @@
 """Compute days: run the pipeline over the source, replace whole days of a generation."""
 
+import functools
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -10,7 +12,7 @@ from typing import Any, TypeVar
 from bson import Binary
 from pymongo import ASCENDING
 from pymongo.client_session import ClientSession
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from etl import lattice, ledger, runs, sketches, source
 from etl.db import Databases, Doc
@@ -22,6 +24,7 @@ BATCH_DAYS = 31
 MEASURES = lattice.MEASURES
 TRANSACTION_ATTEMPTS = 3
 T = TypeVar("T")
+log = logging.getLogger("usage.rollup")
 
 
 @dataclass
@@ -223,6 +226,17 @@ def save_days(
     return len(new_rows), removed
 
 
+class TransactionTooLong(Exception):
+    """The server ended a transaction before its commit, as it does with one that outlives
+    its lifetime limit (60 s by default on MongoDB): its writes are gone, nothing is half
+    written, and the same days in smaller transactions may fit."""
+
+
+# NoSuchTransaction (the server aborted it: the commit finds no transaction) and
+# TransactionExceededLifetimeLimitSeconds.
+ENDED_BY_SERVER = {251, 290}
+
+
 def in_transaction(session: ClientSession | None, write: Callable[[], T]) -> T:
     """Run `write` in one transaction of `session`, or plainly when there is none."""
     if session is None:
@@ -234,6 +248,9 @@ def in_transaction(session: ClientSession | None, write: Callable[[], T]) -> T:
             with session.start_transaction():
                 return write()
         except PyMongoError as exc:
+            if isinstance(exc, OperationFailure) and exc.code in ENDED_BY_SERVER:
+                # Retrying the same transaction would only outlive the limit again.
+                raise TransactionTooLong(str(exc)) from exc
             retry = exc.has_error_label("TransientTransactionError") and not isinstance(
                 exc, ConnectionFailure
             )
@@ -259,6 +276,44 @@ def split_by_rows(days: list[date], rows: list[int], bound: int) -> list[list[da
     return groups
 
 
+def save_counted(
+    dbs: Databases,
+    target: Target,
+    by_day: dict[str, list[Doc]],
+    read_started: datetime,
+    session: ClientSession | None,
+    stats: Stats,
+    part: list[date],
+) -> None:
+    written, removed = save_days(dbs, target, part, by_day, read_started, session)
+    stats.rows_written += written
+    stats.rows_removed += removed
+
+
+def save_in_parts(parts: list[list[date]], save: Callable[[list[date]], None]) -> None:
+    """Save each part in its own transaction; a part the server ended as too long is saved
+    again as two halves (a slow server, or rows far larger than usual), down to single days,
+    which are never split: a day that cannot be replaced in one transaction fails the run,
+    naming the day and what to do."""
+    pending = list(parts)
+    while pending:
+        part = pending.pop(0)
+        try:
+            save(part)
+        except TransactionTooLong as exc:
+            if len(part) == 1:
+                raise TransactionTooLong(
+                    f"replacing {part[0]} in one transaction outlived the server's limit "
+                    f"({exc}); raise the server's transactionLifetimeLimitSeconds"
+                ) from exc
+            half = len(part) // 2
+            log.warning(
+                "a transaction outlived the server's limit; saving its days in two",
+                extra={"first": part[0].isoformat(), "last": part[-1].isoformat()},
+            )
+            pending[:0] = [part[:half], part[half:]]
+
+
 def recompute(
     dbs: Databases,
     target: Target,
@@ -281,10 +336,9 @@ def recompute(
         by_day, stats = fetch_rows(dbs, first, last)
         batch = day_range(first, last)
         sizes = [len(by_day.get(day.isoformat(), [])) for day in batch]
-        for part in split_by_rows(batch, sizes, dbs.settings.transaction_rows):
-            written, removed = save_days(dbs, target, part, by_day, read_started, session)
-            stats.rows_written += written
-            stats.rows_removed += removed
+        parts = split_by_rows(batch, sizes, dbs.settings.transaction_rows)
+        save = functools.partial(save_counted, dbs, target, by_day, read_started, session, stats)
+        save_in_parts(parts, save)
         stats.days = len(batch)
         total.add(stats)
         if heartbeat:

@@ -1,10 +1,12 @@
 """The rollup on the embedded server: what counts, where it counts, and replacing days."""
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
 
 import pytest
 from bson import ObjectId
+from pymongo.errors import OperationFailure
 
 from etl import rollup, runner
 from etl.db import Databases
@@ -291,3 +293,48 @@ def test_a_day_with_many_groups_is_replaced_whole_in_bounded_transactions(
     backfill(dbs, "2026-10-13", "2026-10-16")
     assert dbs.usage_daily().count_documents({}) == 0
     assert dbs.level("usage_org_daily").count_documents({}) == 0
+
+
+class EndedBy:
+    """A session that counts the transactions it starts."""
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    @contextlib.contextmanager
+    def start_transaction(self) -> Iterator[None]:
+        self.started += 1
+        yield
+
+
+def test_a_transaction_the_server_ended_is_not_retried_as_it_was() -> None:
+    session = EndedBy()
+
+    def write() -> None:
+        raise OperationFailure("Given transaction number 4 does not match any", code=251)
+
+    with pytest.raises(rollup.TransactionTooLong):
+        rollup.in_transaction(session, write)  # type: ignore[arg-type]
+    assert session.started == 1
+
+
+def test_parts_the_server_ends_are_saved_again_in_halves_down_to_a_day() -> None:
+    """A server that ends any transaction of more than two days: every day is saved once,
+    in order, in parts of at most two days; a single day that cannot fit fails, named."""
+    days = [date(2026, 10, 1) + timedelta(days=n) for n in range(7)]
+    saved: list[list[date]] = []
+
+    def save(part: list[date]) -> None:
+        if len(part) > 2:
+            raise rollup.TransactionTooLong("ended by the server")
+        saved.append(part)
+
+    rollup.save_in_parts([days[:5], days[5:]], save)
+    assert [day for part in saved for day in part] == days
+    assert [len(part) for part in saved] == [2, 1, 2, 2]
+
+    def never(part: list[date]) -> None:
+        raise rollup.TransactionTooLong("ended by the server")
+
+    with pytest.raises(rollup.TransactionTooLong, match="replacing 2026-10-01 in one"):
+        rollup.save_in_parts([days[:3]], never)
