@@ -330,14 +330,21 @@ def fold(
     """Cells per row id, one per bucket in order; ids in `always` get a row even when they
     had no activity."""
     index = {bucket.key: n for n, bucket in enumerate(buckets)}
+    # A bucket without data shares one empty cell, never added to: most of a long tail of
+    # small organizations is empty buckets.
+    empty = Cell()
     cells: dict[str, list[Cell]] = {}
     for row_id in always:
-        cells[row_id] = [Cell() for _ in buckets]
+        cells[row_id] = [empty] * len(buckets)
     for group in groups:
         row = cells.get(group["_id"]["id"])
         if row is None:
-            row = cells[group["_id"]["id"]] = [Cell() for _ in buckets]
-        row[index[group["_id"]["b"]]].add_group(group)
+            row = cells[group["_id"]["id"]] = [empty] * len(buckets)
+        n = index[group["_id"]["b"]]
+        cell = row[n]
+        if cell is empty:
+            cell = row[n] = Cell()
+        cell.add_group(group)
     return cells
 
 
