@@ -58,6 +58,8 @@ class Cell:
             if self.parts is None:
                 for blob in self.blobs:
                     into.add(blob)
+            elif len(self.parts) == 1:
+                into = self.parts[0].union()
             else:
                 for part in self.parts:
                     if part.parts is None:
@@ -115,7 +117,10 @@ class Cell:
 def combined(cells: Iterable[Cell]) -> Cell:
     """A cell covering every one of `cells` (which must not change afterwards)."""
     into = Cell()
-    into.parts = [cell for cell in cells if cell.rows]
+    # A union of sketches depends a little on what it unites: a cell combining one other
+    # stands for that cell's parts, so that the only row, its Other and the total, which
+    # cover the same stored rows, unite the same sketches the same way.
+    into.parts = [only(cell) for cell in cells if cell.rows]
     sums = into.sums
     for cell in into.parts:
         for name in MEASURES:
@@ -124,6 +129,13 @@ def combined(cells: Iterable[Cell]) -> Cell:
         into.derived = into.derived or cell.derived
         into.exact += cell.exact
     return into
+
+
+def only(cell: Cell) -> Cell:
+    """The cell that `cell` combines alone, or `cell` itself."""
+    while cell.parts is not None and len(cell.parts) == 1:
+        cell = cell.parts[0]
+    return cell
 
 
 def avg_depth(messages: int, conversations: int) -> float | None:

@@ -1,5 +1,6 @@
 """Pure parts of the usage API: resolving a query's parameters, folding rows, paging."""
 
+import random
 from dataclasses import replace
 from datetime import date
 from typing import Any
@@ -19,6 +20,7 @@ from api.usage import (
     paginate,
     resolve_query,
 )
+from etl import sketches
 from etl.settings import Settings
 
 A, B = "65e18830a0616000137bb854", "65e18830a0616000137bb855"
@@ -215,3 +217,34 @@ def test_order_defaults_to_descending_and_to_ascending_for_names() -> None:
     assert resolve().order == "desc"
     assert resolve(sort="name").order == "asc"
     assert resolve(sort="name", order="desc").order == "desc"
+
+
+def sketched_group(row_id: str, month: str, rng: random.Random) -> dict[str, Any]:
+    """A group of stored rows with sketches of a few, some hundreds or thousands of users."""
+    ids = [f"user{rng.randrange(6000)}" for _ in range(rng.choice([1, 3, 50, 400, 3000]))]
+    return {
+        **group(row_id, month, rng.randrange(1, 50)),
+        "rows": rng.choice([1, 2, 5]),
+        "derived": rng.random() < 0.3,
+        "users": len(set(ids)),
+        "users_hll": [sketches.of_ids(ids)],
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 19, 149])
+def test_a_figure_over_the_same_stored_rows_is_the_same_whatever_line_it_is_on(seed: int) -> None:
+    # The only row, the total and an Other of that one row cover the same sketches: their
+    # users must agree to the user, though a union of sketches depends on what it unites.
+    rng = random.Random(seed)
+    buckets = make_buckets(date(2026, 11, 1), date(2026, 11, 6), "day", 0)
+    groups = [
+        sketched_group(A, bucket.key, rng)
+        for bucket in buckets
+        for _ in range(rng.choice([0, 1, 1, 3]))
+    ]
+    lines = make_lines(fold(groups, buckets), None, len(buckets))
+    alone = paginate(lines, len(buckets), resolve(), {}, with_users=True)
+    paged = paginate(lines, len(buckets), replace(resolve(), limit=0), {}, with_users=True)
+    row = alone.rows[0].total().doc(with_users=True)
+    assert alone.total.total().doc(with_users=True) == row
+    assert paged.other is not None and paged.other.total().doc(with_users=True) == row
