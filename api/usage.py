@@ -287,41 +287,32 @@ def fetch_groups(
     return groups
 
 
-# Where an agent (a Tiledesk bot) names the organization that owns it: vanilla Tiledesk's
-# `id_project`, and the deployment's own organization field.
-AGENT_OWNER_FIELDS = ("id_project", "id_organization")
-
-
 def fetch_names(
-    db: Database[Doc], collection: str, ids: list[str], owner: str | None = None
+    db: Database[Doc],
+    collection: str,
+    ids: list[str],
+    owner: str | None = None,
+    owner_field: str = "id_organization",
 ) -> dict[str, str]:
     """Display names by id from a source collection whose _id may be ObjectId or string.
 
-    Given `owner`, a document that names another organization in one of AGENT_OWNER_FIELDS
-    gives no name: a conversation can carry any agent id in its attributes, and an agent of
-    another organization must never show its name there.
+    Given `owner`, a document whose `owner_field` (the source profile's organization field:
+    `id_organization`, or vanilla Tiledesk's `id_project`) names another organization gives
+    no name: a conversation can carry any agent id in its attributes, and an agent of another
+    organization must never show its name there. A document without the field keeps its name.
     """
     wanted: list[Any] = [ObjectId(i) for i in ids if is_object_id(i)] + list(ids)
     names: dict[str, str] = {}
     if not wanted:
         return names
-    fields = {"name": 1, **dict.fromkeys(AGENT_OWNER_FIELDS, 1)}
-    for doc in db[collection].find({"_id": {"$in": wanted}}, fields):
+    for doc in db[collection].find({"_id": {"$in": wanted}}, {"name": 1, owner_field: 1}):
         name = doc.get("name")
-        if owner is not None and not owned_by(doc, owner):
+        held_by = doc.get(owner_field)
+        if owner is not None and held_by is not None and str(held_by).strip().lower() != owner:
             continue
         if isinstance(name, str) and name.strip():
             names[str(doc["_id"]).lower()] = name.strip()
     return names
-
-
-def owned_by(doc: Doc, owner: str) -> bool:
-    """Whether no owner field of `doc` names an organization other than `owner`."""
-    for field in AGENT_OWNER_FIELDS:
-        value = doc.get(field)
-        if value is not None and str(value).strip().lower() != owner:
-            return False
-    return True
 
 
 def fold(
@@ -616,7 +607,8 @@ class UsageService:
         if query.scope == "platform":
             return fetch_names(self.dbs.source, self.settings.org_names, ids)
         collection = self.settings.agent_names_collection
-        names = fetch_names(self.dbs.source, collection, ids, owner=query.org_id)
+        field = self.settings.profile.organization
+        names = fetch_names(self.dbs.source, collection, ids, query.org_id, field)
         names[UNATTRIBUTED] = "Unattributed"
         return names
 

@@ -639,12 +639,14 @@ def test_a_conversation_naming_another_organizations_agent_never_shows_its_name(
     api: Api,
 ) -> None:
     """A conversation's attributes can carry any agent id: GIC's rows for Northwind's bot
-    (owned by Northwind in `id_project` or `id_organization`) show its id, never its name,
+    (owned by Northwind in the profile's `id_organization`) show its id, never its name,
     to GIC's key, in usage, search, name order, the CSV and movers alike."""
     api.dbs.source.faq_kbs.insert_many(
         [
-            {"_id": ObjectId(BOT_2), "name": "Northwind Secret Bot", "id_project": B},
+            {"_id": ObjectId(BOT_2), "name": "Northwind Secret Bot", "id_organization": B.upper()},
             {"_id": "b3", "name": "Other Secret Bot", "id_organization": ObjectId(B)},
+            # A Tiledesk project id beside it is not the deployment's organization.
+            {"_id": "b4", "name": "Own Bot", "id_organization": A, "id_project": "proj1"},
         ]
     )
     clear_rows(api.dbs)
@@ -654,13 +656,14 @@ def test_a_conversation_naming_another_organizations_agent_never_shows_its_name(
             *ROWS,
             make_row(A, BOT_2, "2026-10-08", 2, 8, 0, ["u7"]),
             make_row(A, "b3", "2026-10-09", 1, 3, 0, ["u8"]),
+            make_row(A, "b4", "2026-10-10", 1, 3, 0, ["u9"]),
         ],
     )
     span = {"start": "2026-10-01", "end": "2026-10-31"}
     for key in ("a", "staff"):
         body = api.usage(key, scope="org", org_id=A, sort="name", **span)
         names = {row["id"]: row["name"] for row in body["rows"]}
-        assert (names[BOT_2], names["b3"]) == (BOT_2, "b3")
+        assert (names[BOT_2], names["b3"], names["b4"]) == (BOT_2, "b3", "Own Bot")
         assert names[BOT_1] == "Support Bot"  # no owner field: its name stands
     assert api.usage("a", q="secret", **span)["total_rows"] == 0
     exported = api.get("/api/aggregations/usage.csv", "a", **span)
