@@ -232,9 +232,10 @@ class TransactionTooLong(Exception):
     written, and the same days in smaller transactions may fit."""
 
 
-# NoSuchTransaction (the server aborted it: the commit finds no transaction) and
-# TransactionExceededLifetimeLimitSeconds.
-ENDED_BY_SERVER = {251, 290}
+# TransactionExceededLifetimeLimitSeconds, and NoSuchTransaction (the server aborted it: the
+# commit finds no transaction), which a failover also gives: that one is retried once first.
+LIFETIME_EXCEEDED = 290
+NO_SUCH_TRANSACTION = 251
 
 
 def in_transaction(session: ClientSession | None, write: Callable[[], T]) -> T:
@@ -248,9 +249,12 @@ def in_transaction(session: ClientSession | None, write: Callable[[], T]) -> T:
             with session.start_transaction():
                 return write()
         except PyMongoError as exc:
-            if isinstance(exc, OperationFailure) and exc.code in ENDED_BY_SERVER:
+            code = exc.code if isinstance(exc, OperationFailure) else None
+            if code == LIFETIME_EXCEEDED or (code == NO_SUCH_TRANSACTION and attempt > 0):
                 # Retrying the same transaction would only outlive the limit again.
                 raise TransactionTooLong(str(exc)) from exc
+            if code == NO_SUCH_TRANSACTION:
+                continue
             retry = exc.has_error_label("TransientTransactionError") and not isinstance(
                 exc, ConnectionFailure
             )

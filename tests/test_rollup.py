@@ -315,6 +315,14 @@ def test_a_transaction_the_server_ended_is_not_retried_as_it_was() -> None:
 
     with pytest.raises(rollup.TransactionTooLong):
         rollup.in_transaction(session, write)  # type: ignore[arg-type]
+    assert session.started == 2  # once more: a failover ends a transaction the same way
+
+    def too_long() -> None:
+        raise OperationFailure("transaction exceeded its lifetime", code=290)
+
+    session = EndedBy()
+    with pytest.raises(rollup.TransactionTooLong):
+        rollup.in_transaction(session, too_long)  # type: ignore[arg-type]
     assert session.started == 1
 
 
