@@ -4,7 +4,7 @@ themselves, every month's totals equal the sum of its days, and every level's us
 distinct users of the documents it covers."""
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -25,9 +25,10 @@ PEOPLE += [DROP, 7, *(f"visitor-{n}" for n in range(6))]
 START = datetime(2026, 9, 20, 2, 0)
 
 
-def expected(docs: list[dict[str, Any]], days: set[date]) -> dict[tuple[str, str, str], tuple]:
-    """Billable conversations per (org, agent, day), read from the documents by hand."""
-    totals: dict[tuple[str, str, str], list[int]] = {}
+def billable(
+    docs: list[dict[str, Any]], days: set[date]
+) -> Iterator[tuple[tuple[str, str, str], dict[str, Any]]]:
+    """The billable documents created on `days`, each with its (org, agent, day), by hand."""
     for doc in docs:
         if doc["status"] != 1000 or doc.get("isTestMode") is True or doc["depth"] <= 2:
             continue
@@ -36,7 +37,14 @@ def expected(docs: list[dict[str, Any]], days: set[date]) -> dict[tuple[str, str
             continue
         org = str(doc["id_organization"]).lower()
         bot = doc["attributes"]["bot_id"].lower() or "unattributed"
-        cell = totals.setdefault((org, bot, day.isoformat()), [0, 0, 0])
+        yield (org, bot, day.isoformat()), doc
+
+
+def expected(docs: list[dict[str, Any]], days: set[date]) -> dict[tuple[str, str, str], tuple]:
+    """Billable conversations per (org, agent, day), read from the documents by hand."""
+    totals: dict[tuple[str, str, str], list[int]] = {}
+    for key, doc in billable(docs, days):
+        cell = totals.setdefault(key, [0, 0, 0])
         cell[0] += 1
         cell[1] += doc["depth"]
         cell[2] += 1 if doc["participantsAgents"] else 0
@@ -46,16 +54,9 @@ def expected(docs: list[dict[str, Any]], days: set[date]) -> dict[tuple[str, str
 def billable_users(docs: list[dict[str, Any]], days: set[date]) -> dict[tuple[str, str, str], set]:
     """The distinct end users per (org, agent, day), read from the documents by hand."""
     users: dict[tuple[str, str, str], set[str]] = {}
-    for doc in docs:
-        if doc["status"] != 1000 or doc.get("isTestMode") is True or doc["depth"] <= 2:
-            continue
-        day = doc["createdAt"].date()
-        if day not in days:
-            continue
-        org = str(doc["id_organization"]).lower()
-        bot = doc["attributes"]["bot_id"].lower() or "unattributed"
+    for key, doc in billable(docs, days):
         user = user_of(doc)
-        users.setdefault((org, bot, day.isoformat()), set()).update([user] if user else [])
+        users.setdefault(key, set()).update([user] if user else [])
     return users
 
 
