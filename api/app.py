@@ -1,6 +1,7 @@
 """The FastAPI app: factory, dependencies and thin routes."""
 
 import csv
+import functools
 import io
 import logging
 import threading
@@ -32,6 +33,7 @@ from api.usage import (
     Metric,
     Order,
     ParamError,
+    Served,
     Sort,
     UsageQuery,
     UsageService,
@@ -377,6 +379,25 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
     def today() -> date:
         return rollup.local_today(clock(), settings)
 
+    async def answer(
+        request: Request,
+        service: UsageService,
+        principal: auth.Principal,
+        path: str,
+        compute: Callable[[Served], bytes],
+    ) -> Response:
+        """The JSON body cached for the caller's query under what is served, or computed
+        (off the event loop) and cached."""
+        served = service.known()
+        if served is None:
+            served = await run_in_threadpool(service.served)
+        key = cache_key(principal.key_id, path, request.scope["query_string"], today())
+        body = service.cached(key, served)
+        if body is None:
+            body = await run_in_threadpool(compute, served)
+            service.remember(key, served, body)
+        return Response(body, media_type="application/json")
+
     app.add_middleware(
         FastPath, service=app.state.service, principal_of=app.state.keys.cached, today=today
     )
@@ -427,15 +448,8 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         just before; otherwise every bucket moved back by the range's length in days) and
         every row, `other` and `total` carry `previous` and `change`. Rows are ranked by
         `sort` and `order`, ties by id; `other` covers the matching rows not on the page."""
-        served = service.known()
-        if served is None:
-            served = await run_in_threadpool(service.served)
-        key = cache_key(principal.key_id, USAGE_PATH, request.scope["query_string"], today())
-        body = service.cached(key, served)
-        if body is None:
-            body = await run_in_threadpool(service.report_json, query, served)
-            service.remember(key, served, body)
-        return Response(body, media_type="application/json")
+        compute = functools.partial(service.report_json, query)
+        return await answer(request, service, principal, USAGE_PATH, compute)
 
     @app.get(
         "/api/aggregations/usage.csv",
@@ -499,15 +513,8 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
             if exc.param != "compare":
                 raise
             raise ParamError("start", exc.reason) from None  # movers always compare
-        served = service.known()
-        if served is None:
-            served = await run_in_threadpool(service.served)
-        key = cache_key(principal.key_id, MOVERS_PATH, request.scope["query_string"], today())
-        body = service.cached(key, served)
-        if body is None:
-            body = await run_in_threadpool(service.movers_json, query, n, served)
-            service.remember(key, served, body)
-        return Response(body, media_type="application/json")
+        compute = functools.partial(service.movers_json, query, n)
+        return await answer(request, service, principal, MOVERS_PATH, compute)
 
     @app.get("/api/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
     def health() -> JSONResponse:
