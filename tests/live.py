@@ -1,5 +1,6 @@
 """A real uvicorn server on loopback over sample data on the embedded database server."""
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -47,9 +48,18 @@ def live(dbs: Databases) -> Iterator[Live]:
     key = auth.create_key(dbs.rollup, "staff", None, now)[1]
     org_id = str(dbs.source.organizations.find_one({"name": "GIC"})["_id"])
     org_key = auth.create_key(dbs.rollup, "GIC", org_id, now)[1]
+    with serving(dbs, key, org_id, org_key) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving(dbs: Databases, key: str, org_id: str, org_key: str) -> Iterator[Live]:
+    """The API and dashboard over `dbs` on a free loopback port, for as long as the block."""
     port = free_port()
     server = make_server(dbs, "127.0.0.1", port, log_level="warning")
     thread = start_in_thread(server)
-    yield Live(f"http://127.0.0.1:{port}", dbs, key, org_id, org_key)
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield Live(f"http://127.0.0.1:{port}", dbs, key, org_id, org_key)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import pytest
 
 from etl.db import Databases
-from tests.live import Live
+from tests.live import Live, serving
 from tests.test_dashboard import ARGS, ARTIFACTS, CHROMIUM, api, sign_in
 
 pytestmark = pytest.mark.browser
@@ -45,11 +45,9 @@ def board(dbs: Databases) -> Iterator[Live]:
     from bson import ObjectId
 
     from api import auth
-    from api.server import make_server, start_in_thread
     from etl import ledger
     from etl.definition import USERS_VERSION, of_settings
     from etl.jobs import utcnow
-    from tests.conftest import free_port
     from tests.factories import BOT_1, BOT_2, make_row, store_rows
 
     now = utcnow()
@@ -80,12 +78,8 @@ def board(dbs: Databases) -> Iterator[Live]:
         [{"_id": ObjectId(org), "name": f"Org {chr(65 + n)}"} for n, org in enumerate(orgs)]
     )
     key = auth.create_key(dbs.rollup, "staff", None, now)[1]
-    port = free_port()
-    server = make_server(dbs, "127.0.0.1", port, log_level="warning")
-    thread = start_in_thread(server)
-    yield Live(f"http://127.0.0.1:{port}", dbs, key, orgs[0], key)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(dbs, key, orgs[0], key) as served:
+        yield served
 
 
 def open_last_30_days(page: Any, live: Live) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import pytest
 
 from etl.db import Databases
-from tests.live import Live
+from tests.live import Live, serving
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -188,9 +188,7 @@ def crowd(dbs: Databases) -> Iterator[Live]:
     from bson import ObjectId
 
     from api import auth
-    from api.server import make_server, start_in_thread
     from etl.jobs import utcnow
-    from tests.conftest import free_port
     from tests.factories import BOT_1, make_row, store_rows
 
     today = utcnow().date()
@@ -201,12 +199,8 @@ def crowd(dbs: Databases) -> Iterator[Live]:
         [{"_id": ObjectId(org), "name": f"Org {n:03d}"} for n, org in enumerate(orgs)]
     )
     key = auth.create_key(dbs.rollup, "staff", None, utcnow())[1]
-    port = free_port()
-    server = make_server(dbs, "127.0.0.1", port, log_level="warning")
-    thread = start_in_thread(server)
-    yield Live(f"http://127.0.0.1:{port}", dbs, key, orgs[0], key)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(dbs, key, orgs[0], key) as served:
+        yield served
 
 
 def test_many_organizations_show_a_page_other_an_exact_total_search_and_more(
