@@ -27,6 +27,7 @@ from api.buckets import (
 from api.cells import MEASURES, METRICS, Cell, change_of, changes, combined
 from etl import dates, ledger, runs
 from etl.db import (
+    LONG_IN,
     USAGE_DAILY,
     USAGE_MONTHLY,
     USAGE_ORG_DAILY,
@@ -300,11 +301,29 @@ def fetch_names(
     `id_organization`, or vanilla Tiledesk's `id_project`) names another organization gives
     no name: a conversation can carry any agent id in its attributes, and an agent of another
     organization must never show its name there. A document without the field keeps its name.
+    Many ids (a search over every organization) read the whole collection rather than a long
+    `$in`.
     """
-    wanted: list[Any] = [ObjectId(i) for i in ids if is_object_id(i)] + list(ids)
     names: dict[str, str] = {}
-    if not wanted:
+    if not ids:
         return names
+    chosen: Doc = {}
+    if len(ids) <= LONG_IN:
+        chosen = {"_id": {"$in": [ObjectId(i) for i in ids if is_object_id(i)] + list(ids)}}
+    # What the `$in` matches: a string id as it is, an ObjectId in either letter case.
+    wanted = set(ids)
+    hex_ids = {i.lower() for i in ids if is_object_id(i)}
+    for doc in db[collection].find(chosen, {"name": 1, owner_field: 1}):
+        key = str(doc["_id"])
+        if key not in hex_ids if isinstance(doc["_id"], ObjectId) else key not in wanted:
+            continue
+        name = doc.get("name")
+        held_by = doc.get(owner_field)
+        if owner is not None and held_by is not None and str(held_by).strip().lower() != owner:
+            continue
+        if isinstance(name, str) and name.strip():
+            names[str(doc["_id"]).lower()] = name.strip()
+    return names
     for doc in db[collection].find({"_id": {"$in": wanted}}, {"name": 1, owner_field: 1}):
         name = doc.get("name")
         held_by = doc.get(owner_field)

@@ -187,6 +187,11 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+# Longest `$in` list a query sends: a read with more values reads the whole range by an index
+# and filters in the client instead. A long list costs the server more than the range does
+# (and some servers match `$in` by scanning the list for every document).
+LONG_IN = 200
+
 # The embedded server keeps an oplog that nothing here reads. Once it reaches its cap (100,000
 # entries by default), every commit also prunes as many old entries as it writes, so each
 # transaction of a large backfill (tens of thousands of rows) takes longer, and the more so

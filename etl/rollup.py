@@ -15,7 +15,7 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from etl import lattice, ledger, runs, sketches, source
-from etl.db import Databases, Doc
+from etl.db import LONG_IN, Databases, Doc
 from etl.settings import Settings
 
 # A batch (one aggregation, one write transaction) never crosses a calendar month, so each
@@ -211,9 +211,13 @@ def save_days(
         # days, before or after, need theirs re-derived: a nightly run over a few days of a
         # platform with many small organizations rewrites a few of their months, not all.
         # Without a transaction, a run that died half-way may have left any level behind.
+        # When most organizations are on these days, the month is re-derived whole: reading
+        # it by its index costs less than naming thousands of organizations.
         orgs = None
         if session is not None and not any_dirty(dbs, generation, months, session):
             orgs = {doc["org_id"] for doc in old} | {row["org_id"] for row in new_rows}
+            if len(orgs) > LONG_IN:
+                orgs = None
         derive_months(dbs, generation, months, session, labels, orgs)
         ledger.stamp_days(dbs, generation, days, stamp, session)
         if target.served:

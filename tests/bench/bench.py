@@ -9,6 +9,7 @@ JSON to bench-results/. Exits 1 when any figure is short of its target.
 """
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -30,16 +31,21 @@ from api import auth
 from api.auth import Principal
 from api.buckets import default_range, make_buckets
 from api.usage import (
+    Line,
+    Page,
     UsageQuery,
     UsageService,
     fetch_groups,
     fetch_names,
     fold,
+    make_lines,
     paginate,
+    render,
     resolve_query,
 )
 from etl import indexes, rollup, runner, sample, source, vanilla_sample
 from etl.db import Databases, connect
+from etl.definition import USERS_VERSION
 from etl.jobs import utcnow
 from etl.settings import Settings
 from tests.bench import large
@@ -324,6 +330,10 @@ def wait_for_http(host: str, port: int, timeout: float = 60.0) -> None:
     raise RuntimeError("the API server did not start")
 
 
+def identity(value: datetime) -> datetime:
+    return value
+
+
 def nightly_seconds(dbs: Databases, now: datetime, runs: int) -> float:
     return nightly_per_day(dbs, now, runs)[0]
 
@@ -335,7 +345,7 @@ def nightly_per_day(dbs: Databases, now: datetime, runs: int) -> tuple[float, fl
     for n in range(runs):
         later = now + timedelta(minutes=30 * (n + 1))
         started = time.perf_counter()
-        result = runner.run_nightly(dbs, later, lambda at=later: at)
+        result = runner.run_nightly(dbs, later, functools.partial(identity, later))
         elapsed = time.perf_counter() - started
         times.append(elapsed)
         per_day.append(elapsed / max(result.stats.days, 1))
@@ -459,19 +469,31 @@ def cold_breakdown(bench: Bench, dbs: Databases, query: UsageQuery, runs: int) -
     service = UsageService(dbs, 0)
     served = service.served()
     buckets = make_buckets(query.first, query.last, query.granularity, settings.week_start_index)
-    groups = fetch_groups(dbs, query, buckets, served.generation)
+    definition = served.definition
+    with_users = definition is not None and definition.version >= USERS_VERSION
+    fetch_args = (served.generation, True, with_users)
+    groups = fetch_groups(dbs, query, buckets, *fetch_args)
     active = sorted({group["_id"]["id"] for group in groups})
-    names = fetch_names(dbs.source, settings.org_names, active)
-    rows, total = fold(groups, buckets, names)
-    page = paginate(rows, total, buckets, query)
-    page_ids = [row["id"] for row in page.rows]
+
+    def folded() -> list[Line]:
+        return make_lines(fold(groups, buckets), None, len(buckets))
+
+    def paged() -> Page:
+        return paginate(folded(), len(buckets), query, {}, with_users)
+
+    def with_figures() -> None:
+        page = paged()
+        for line in [*page.rows, page.total, *([page.other] if page.other else [])]:
+            render(line, "", buckets, None, with_users)
+
+    page_ids = [line.id for line in paged().rows if line.id]
     body = service.report_json(query, served)
     bench.add("cold: rollup rows grouped", len(groups))
     bench.add("cold: active organizations", len(active))
     bench.add("cold: served state (ms)", median_ms(lambda: UsageService(dbs, 0).served(), runs))
     bench.add(
         "cold: $group of org rows (ms)",
-        median_ms(lambda: fetch_groups(dbs, query, buckets, served.generation), runs),
+        median_ms(lambda: fetch_groups(dbs, query, buckets, *fetch_args), runs),
     )
     bench.add(
         "cold: names of every active org (ms)",
@@ -481,11 +503,9 @@ def cold_breakdown(bench: Bench, dbs: Databases, query: UsageQuery, runs: int) -
         "cold: names of the page only (ms)",
         median_ms(lambda: fetch_names(dbs.source, settings.org_names, page_ids), runs),
     )
-    bench.add("cold: fold and sort (ms)", median_ms(lambda: fold(groups, buckets, names), runs))
-    bench.add(
-        "cold: page and Other row (ms)",
-        median_ms(lambda: paginate(rows, total, buckets, query), runs),
-    )
+    bench.add("cold: fold (ms)", median_ms(folded, runs))
+    bench.add("cold: fold, sort, page and Other (ms)", median_ms(paged, runs))
+    bench.add("cold: ... and every figure, users included (ms)", median_ms(with_figures, runs))
     report = service.report(query, served)
     bench.add(
         "cold: JSON encoding (ms)",
@@ -546,10 +566,10 @@ def measure(bench: Bench, uri: str, size: str, args: argparse.Namespace) -> None
     service = UsageService(dbs, 3600)
     served = service.served()
     keys = [("bench", str(n).encode(), today) for n in range(len(queries))]
-    for key, query in zip(keys, queries, strict=True):
+    for cache_key, query in zip(keys, queries, strict=True):
         report = service.report(query, served)
         assert rollup_totals(report) == baseline(dbs, query), f"rollup and baseline differ: {query}"
-        service.remember(key, served, service.report_json(query, served))
+        service.remember(cache_key, served, service.report_json(query, served))
     base_mix = median_ms(lambda: [baseline(dbs, q) for q in queries], baseline_runs)
     warm_mix = median_ms(lambda: [service.cached(key) for key in keys], args.runs)
     bench.add("mix baseline (ms)", base_mix)
