@@ -27,7 +27,15 @@ USAGE_MONTHLY = "usage_monthly"
 USAGE_DAYS = "usage_days"
 USAGE_ORG_DAILY = "usage_org_daily"
 USAGE_ORG_MONTHLY = "usage_org_monthly"
-ROLLUP_COLLECTIONS = (USAGE_DAILY, USAGE_MONTHLY, USAGE_ORG_DAILY, USAGE_ORG_MONTHLY, USAGE_DAYS)
+USAGE_PLATFORM = "usage_platform"
+ROLLUP_COLLECTIONS = (
+    USAGE_DAILY,
+    USAGE_MONTHLY,
+    USAGE_ORG_DAILY,
+    USAGE_ORG_MONTHLY,
+    USAGE_PLATFORM,
+    USAGE_DAYS,
+)
 
 
 def generation_name(base: str, generation: int) -> str:

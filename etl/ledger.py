@@ -44,6 +44,10 @@ class State:
     # The last day the generation is complete for, as its last nightly run (or the rebuild
     # that made it) said.
     complete_through: date | None = None
+    # Whether the generation has the platform level: one written since the level exists
+    # has it from its first day; an older one is read from its organization rows until it is
+    # rebuilt.
+    platform: bool = False
 
     @property
     def token(self) -> str:
@@ -75,6 +79,7 @@ def read_state(db: Database[Doc]) -> State | None:
         version=int(doc.get("version", 0)),
         pending=pending,
         complete_through=_day(doc.get("complete_through")),
+        platform=bool(doc.get("platform_level")),
     )
 
 
@@ -118,6 +123,8 @@ def adopt(dbs: Databases, wanted: Definition) -> State:
                 "scan_from": None,
                 "version": 0,
                 "pending": None,
+                # Rows from before are not in the platform level.
+                "platform_level": oldest is None,
             }
         },
         upsert=True,
@@ -189,6 +196,8 @@ def switch(db: Database[Doc], pending: Pending, complete_through: date | None) -
                 "scan_from": pending.scan_from,
                 "complete_through": complete_through.isoformat() if complete_through else None,
                 "pending": None,
+                # Built whole by this version, the new generation has every level.
+                "platform_level": True,
             },
             "$inc": {"version": 1},
         },

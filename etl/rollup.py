@@ -14,8 +14,8 @@ from pymongo import ASCENDING
 from pymongo.client_session import ClientSession
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
-from etl import lattice, ledger, runs, sketches, source
-from etl.db import LONG_IN, Databases, Doc
+from etl import lattice, ledger, platform, runs, sketches, source
+from etl.db import LONG_IN, USAGE_PLATFORM, Databases, Doc
 from etl.settings import Settings
 
 # A batch (one aggregation, one write transaction) never crosses a calendar month, so each
@@ -146,22 +146,39 @@ def derive_months(
     Given `days`, the levels by day are rewritten for those days only (the others of the
     month did not change); the levels by month always for the whole month. Given `orgs`,
     only those organizations' rows are read and rewritten: a level row sums one
-    organization's day rows, so the others' cannot have changed.
+    organization's day rows, so the others' cannot have changed. The platform level holds
+    the organization rows of each period, and is rewritten with them.
     """
     daily = dbs.usage_daily(generation)
     of_orgs: Doc = {} if orgs is None else {"org_id": {"$in": sorted(orgs)}}
     for month in sorted(set(months)):
         rows = list(daily.find({**month_filter(month), **of_orgs}, session=session))
+        rewritten = month_days(month) if days is None else [d for d in days if d[:7] == month]
+        derived: dict[lattice.Level, list[Doc]] = {}
         for level in lattice.LEVELS:
             stored = dbs.level(level.collection, generation)
             selected, which = rows, level.of_month(month)
             if days is not None and level.period == "day":
                 selected = [row for row in rows if row["day"] in days]
-                which = {"day": {"$in": [day for day in days if day[:7] == month]}}
+                which = {"day": {"$in": rewritten}}
             stored.delete_many({**which, **of_orgs}, session=session)
-            derived = lattice.summarize(selected, level)
-            if derived:
-                stored.insert_many(derived, ordered=False, session=session)
+            derived[level] = lattice.summarize(selected, level)
+            if derived[level]:
+                stored.insert_many(derived[level], ordered=False, session=session)
+        by_day: dict[str, list[Doc]] = {day: [] for day in rewritten}
+        for row in derived[lattice.ORG_DAILY]:
+            by_day[row["day"]].append(row)
+        by_month = {month: derived[lattice.ORG_MONTHLY]}
+        platform.write_levels(
+            dbs.level(USAGE_PLATFORM, generation), by_day, by_month, session, orgs
+        )
+
+
+def month_days(month: str) -> list[str]:
+    """Every calendar day of `month` ("2026-09"), as day keys."""
+    first = date.fromisoformat(f"{month}-01")
+    following = (first + timedelta(days=31)).replace(day=1)
+    return [day.isoformat() for day in day_range(first, following - timedelta(days=1))]
 
 
 def any_dirty(dbs: Databases, generation: int, months: set[str], session: ClientSession) -> bool:
@@ -385,6 +402,9 @@ def ensure_indexes(dbs: Databases, generation: int) -> None:
         stored.create_index(
             [("org_id", ASCENDING), (level.period, ASCENDING)], name=f"org_{level.period}"
         )
+    dbs.level(USAGE_PLATFORM, generation).create_index(
+        [("period", ASCENDING), ("key", ASCENDING)], name="period_key"
+    )
     dbs.usage_days(generation).create_index([("dirty", ASCENDING)], name="dirty", sparse=True)
     runs.ensure_indexes(dbs.rollup)
 

@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 from datetime import date
 
-from etl import lattice, ledger, rollup
-from etl.db import Databases, Doc
+from etl import lattice, ledger, platform, rollup
+from etl.db import USAGE_PLATFORM, Databases, Doc
 
 # What verify compares: the additive measures and the distinct users.
 COMPARED = (*rollup.MEASURES, lattice.USERS)
@@ -54,6 +54,35 @@ def served_generation(dbs: Databases) -> int:
     return state.generation if state else 1
 
 
+def has_platform_level(dbs: Databases, generation: int) -> bool:
+    """Whether `generation` keeps the platform level: every generation does but a served one
+    from before it existed."""
+    state = ledger.read_state(dbs.rollup)
+    return state is None or state.generation != generation or state.platform
+
+
+def platform_drifted(dbs: Databases, generation: int, month: str, rows: list[Doc]) -> bool:
+    """Whether the platform level's days and month of `month` differ from the organization
+    rows that the day rows derive."""
+
+    def keyed(level_rows: list[Doc]) -> dict[tuple[str, str, str], Doc]:
+        keys = (platform.period_of(row) for row in level_rows)
+        return {
+            (p.kind, p.key, row["org_id"]): row for p, row in zip(keys, level_rows, strict=True)
+        }
+
+    expected = keyed(
+        lattice.summarize(rows, lattice.ORG_DAILY) + lattice.summarize(rows, lattice.ORG_MONTHLY)
+    )
+    found = dbs.level(USAGE_PLATFORM, generation).find(
+        {"key": {"$gte": month, "$lte": f"{month}-31"}}
+    )
+    stored = keyed(platform.rows_of(found))
+    return any(
+        not same(expected.get(key), stored.get(key)) for key in expected.keys() | stored.keys()
+    )
+
+
 def uncovered_days(dbs: Databases, first: date, last: date, generation: int) -> list[date]:
     """Days of first..last that were never computed: verify has nothing to compare there."""
     covered = set(ledger.covered_days(dbs, generation))
@@ -99,12 +128,17 @@ def find_month_drift(
     dbs: Databases, first: date, last: date, generation: int | None = None
 ) -> list[str]:
     """Months touching first..last where any coarser level (monthly, organization by day
-    or by month) differs from what the day rows derive: their sums, their users' union."""
+    or by month, the platform's) differs from what the day rows derive: their sums, their
+    users' union."""
     generation = served_generation(dbs) if generation is None else generation
     daily = dbs.usage_daily(generation)
+    with_platform = has_platform_level(dbs, generation)
     drifted = []
     for month in months_of(first, last):
         rows = list(daily.find(rollup.month_filter(month)))
+        if with_platform and platform_drifted(dbs, generation, month, rows):
+            drifted.append(month)
+            continue
         for level in lattice.LEVELS:
             expected = {row["_id"]: row for row in lattice.summarize(rows, level)}
             found = dbs.level(level.collection, generation).find(level.of_month(month))

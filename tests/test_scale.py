@@ -87,3 +87,86 @@ def test_names_of_many_ids_are_the_names_of_few(
     ids = [str(ORGS[2]).upper(), "helper", "other-case", str(ORGS[3]), "unnamed", "missing"]
     names = usage.fetch_names(dbs.source, "bots", ids, owner)
     assert names == {str(ORGS[2]): "Sales bot", "helper": "Helper"}
+
+
+# --- the platform level ---------------------------------------------------------------------
+
+
+def platform_figures(dbs: Databases) -> dict[tuple[str, str], dict[str, int]]:
+    """(period key, organization) -> conversations and messages, read from the platform
+    level's documents by hand."""
+    figures = {}
+    for doc in dbs.level("usage_platform").find():
+        for n, org in enumerate(doc["orgs"]):
+            figures[(doc["key"], org)] = {
+                "conversations": doc["conversations"][n],
+                "messages": doc["messages"][n],
+            }
+    return figures
+
+
+@pytest.mark.parametrize("long_in", [1, 200])
+def test_the_platform_level_follows_the_documents_through_a_sequence(
+    dbs: Databases, monkeypatch: pytest.MonkeyPatch, long_in: int
+) -> None:
+    """Chunks of two organizations; a backfill, then a recompute of one day that moves one
+    organization out and another in: its organizations' entries replaced, or the whole
+    month re-derived."""
+    monkeypatch.setattr("etl.platform.CHUNK", 2)
+    monkeypatch.setattr(rollup, "LONG_IN", long_in)
+    day = datetime(2026, 9, 5, 9)
+    docs = [
+        make_request(createdAt=day, id_organization=ORGS[0], depth=3),
+        make_request(createdAt=day, id_organization=ORGS[1], depth=4),
+        make_request(createdAt=day, id_organization=ORGS[2], depth=5),
+        make_request(createdAt=day + timedelta(days=1), id_organization=ORGS[2], depth=6),
+    ]
+    dbs.source.requests.insert_many(docs)
+    backfill(dbs, "2026-09-01", "2026-09-30", T0)
+    c = "conversations"
+    assert platform_figures(dbs) == {
+        ("2026-09-05", str(ORGS[0])): {c: 1, "messages": 3},
+        ("2026-09-05", str(ORGS[1])): {c: 1, "messages": 4},
+        ("2026-09-05", str(ORGS[2])): {c: 1, "messages": 5},
+        ("2026-09-06", str(ORGS[2])): {c: 1, "messages": 6},
+        ("2026-09", str(ORGS[0])): {c: 1, "messages": 3},
+        ("2026-09", str(ORGS[1])): {c: 1, "messages": 4},
+        ("2026-09", str(ORGS[2])): {c: 2, "messages": 11},
+    }
+    # Two chunks for the fifth and the month, one for the sixth.
+    assert dbs.level("usage_platform").count_documents({}) == 5
+
+    dbs.source.requests.update_one({"_id": docs[1]["_id"]}, {"$set": {"isTestMode": True}})
+    dbs.source.requests.insert_one(make_request(createdAt=day, id_organization=ORGS[3], depth=7))
+    backfill(dbs, "2026-09-05", "2026-09-05", T0 + timedelta(hours=1))
+    assert platform_figures(dbs) == {
+        ("2026-09-05", str(ORGS[0])): {c: 1, "messages": 3},
+        ("2026-09-05", str(ORGS[2])): {c: 1, "messages": 5},
+        ("2026-09-05", str(ORGS[3])): {c: 1, "messages": 7},
+        ("2026-09-06", str(ORGS[2])): {c: 1, "messages": 6},
+        ("2026-09", str(ORGS[0])): {c: 1, "messages": 3},
+        ("2026-09", str(ORGS[2])): {c: 2, "messages": 11},
+        ("2026-09", str(ORGS[3])): {c: 1, "messages": 7},
+    }
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
+
+
+def test_verify_finds_a_drifted_platform_level_and_repair_rebuilds_it(dbs: Databases) -> None:
+    day = datetime(2026, 9, 5, 9)
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=day, id_organization=org) for org in ORGS[:3]]
+    )
+    backfill(dbs, "2026-09-01", "2026-09-30", T0)
+    first, last = date(2026, 9, 1), date(2026, 9, 30)
+    expected = platform_figures(dbs)
+    assert len(expected) == 6 and verify.find_month_drift(dbs, first, last) == []
+    stored = dbs.level("usage_platform")
+    stored.update_one({"key": "2026-09-05"}, {"$set": {"conversations.1": 9}})
+    assert verify.find_month_drift(dbs, first, last) == ["2026-09"]
+    runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
+    assert platform_figures(dbs) == expected
+    stored.delete_many({"period": "month"})
+    assert verify.find_month_drift(dbs, first, last) == ["2026-09"]
+    runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
+    assert platform_figures(dbs) == expected
+    assert verify.find_month_drift(dbs, first, last) == []

@@ -1,0 +1,117 @@
+"""The platform level: each day's and each month's organization totals, in a few documents.
+
+A platform view ranks every organization, so reading one stored row per organization and
+period costs as many reads as there are organizations: at 10,000 that is tens of thousands
+of documents for six months. Here a period is a handful of documents (chunks of at most
+CHUNK organizations, in `org_id` order), each holding its organizations' rows of the
+organization level as parallel arrays: ids, the measures, users and their sketches.
+
+The documents are derived from the organization level in the same write that derives it, and
+are never moved by differences: a period is rewritten whole from the organization rows of
+every organization, or, when a write re-derived only some organizations, those
+organizations' entries are replaced by their new rows and the others' kept as they were
+stored (they did not change).
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bson import Binary
+from pymongo.client_session import ClientSession
+from pymongo.collection import Collection
+
+from etl.db import Doc
+from etl.lattice import MEASURES, USERS, USERS_HLL
+
+# At most 2,088 bytes of sketch and some 80 of figures an organization: a chunk stays far
+# below the 16 MB document limit whatever its organizations' sizes.
+CHUNK = 2000
+ARRAYS = ("orgs", *MEASURES, USERS, USERS_HLL)
+
+
+@dataclass(frozen=True)
+class Period:
+    kind: str  # "day" or "month"
+    key: str  # "2026-09-05" or "2026-09"
+
+    def chunk_id(self, n: int) -> str:
+        return f"{self.kind}:{self.key}:{n:04d}"
+
+
+def period_of(row: Doc) -> Period:
+    """The period of an organization-level row (`day` or `month`)."""
+    return Period("day", row["day"]) if "day" in row else Period("month", row["month"])
+
+
+def chunks(period: Period, rows: Iterable[Doc]) -> list[Doc]:
+    """The documents holding `rows` (organization rows of `period`), in `org_id` order."""
+    ordered = sorted(rows, key=lambda row: row["org_id"])
+    docs = []
+    for n, start in enumerate(range(0, len(ordered), CHUNK)):
+        part = ordered[start : start + CHUNK]
+        doc: Doc = {"_id": period.chunk_id(n), "period": period.kind, "key": period.key}
+        doc["orgs"] = [row["org_id"] for row in part]
+        for name in MEASURES:
+            doc[name] = [row[name] for row in part]
+        doc[USERS] = [row.get(USERS, 0) for row in part]
+        doc[USERS_HLL] = [row.get(USERS_HLL) for row in part]
+        docs.append(doc)
+    return docs
+
+
+def rows_of(docs: Iterable[Doc]) -> list[Doc]:
+    """The organization rows that `docs` hold, as the organization level stores them (no
+    `_id`), in the order stored."""
+    rows = []
+    for doc in docs:
+        field = doc["period"]
+        for n, org in enumerate(doc["orgs"]):
+            row: Doc = {"org_id": org, field: doc["key"]}
+            for name in (*MEASURES, USERS):
+                row[name] = doc[name][n]
+            blob = doc[USERS_HLL][n]
+            if blob is not None:
+                row[USERS_HLL] = Binary(bytes(blob))
+            rows.append(row)
+    return rows
+
+
+def of_period(period: Period) -> Doc:
+    return {"period": period.kind, "key": period.key}
+
+
+def write(
+    stored: Collection[Doc],
+    period: Period,
+    rows: list[Doc],
+    session: ClientSession | None,
+    orgs: set[str] | None = None,
+) -> None:
+    """Rewrite `period` from `rows`: the organization rows of every organization, or, given
+    `orgs`, those of `orgs` alone (an organization of `orgs` without a row has none now)."""
+    if orgs is not None:
+        kept = [
+            row
+            for row in rows_of(stored.find(of_period(period), session=session))
+            if row["org_id"] not in orgs
+        ]
+        rows = kept + rows
+    stored.delete_many(of_period(period), session=session)
+    docs = chunks(period, rows)
+    if docs:
+        stored.insert_many(docs, session=session)
+
+
+def write_levels(
+    stored: Collection[Doc],
+    by_day: dict[str, list[Doc]],
+    by_month: dict[str, list[Doc]],
+    session: ClientSession | None,
+    orgs: set[str] | None = None,
+) -> None:
+    """Rewrite the given days and months from their organization rows (an empty list: the
+    period has no rows now)."""
+    for day, rows in sorted(by_day.items()):
+        write(stored, Period("day", day), rows, session, orgs)
+    for month, rows in sorted(by_month.items()):
+        write(stored, Period("month", month), rows, session, orgs)
