@@ -27,7 +27,17 @@ class Cell:
     totals above it.
     """
 
-    __slots__ = ("sums", "blobs", "parts", "rows", "derived", "exact", "_union", "_users")
+    __slots__ = (
+        "sums",
+        "blobs",
+        "parts",
+        "rows",
+        "derived",
+        "exact",
+        "pooled",
+        "_union",
+        "_users",
+    )
 
     def __init__(self) -> None:
         self.sums = {"conversations": 0, "messages": 0, "handoffs": 0}  # MEASURES
@@ -38,6 +48,9 @@ class Cell:
         self.rows = 0
         self.derived = False
         self.exact = 0
+        # A leaf whose union was made when it was built (the rest of a platform's rows):
+        # cells combining it merge that union rather than unite its sketches again.
+        self.pooled = False
         self._union: sketches.Union | None = None
         self._users: tuple[sketches.Estimate, bool] | None = None
 
@@ -51,6 +64,13 @@ class Cell:
         self.blobs += [blob for blob in group.get("users_hll") or () if blob]
         self._union = self._users = None
 
+    def pool(self, union: sketches.Union) -> None:
+        """Make the cell a pooled leaf of `union`."""
+        self.blobs = []
+        self.pooled = True
+        self._union = union
+        self._users = None
+
     def union(self) -> sketches.Union:
         """The union of every sketch the cell covers."""
         if self._union is None:
@@ -62,7 +82,7 @@ class Cell:
                 into = self.parts[0].union()
             else:
                 for part in self.parts:
-                    if part.parts is None:
+                    if part.parts is None and not part.pooled:
                         for blob in part.blobs:
                             into.add(blob)
                     else:

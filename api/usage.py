@@ -11,6 +11,7 @@ from typing import Any, Literal
 from bson import ObjectId
 from pymongo.database import Database
 
+from api import platform_view
 from api.auth import Principal, is_object_id
 from api.buckets import (
     Bucket,
@@ -529,6 +530,8 @@ class Served:
     gaps: tuple[tuple[date, date], ...]
     data_through: date | None
     finished_at: datetime | None
+    # Whether the generation has the platform level (etl/platform.py).
+    platform: bool = False
 
     def definition_doc(self) -> Doc | None:
         return self.definition.as_doc() if self.definition else None
@@ -547,6 +550,7 @@ def read_served(dbs: Databases) -> Served:
         gaps=tuple(cover.gaps),
         data_through=ledger.data_through(dbs, state),
         finished_at=latest.get("finished_at") if latest else None,
+        platform=state.platform if state else False,
     )
 
 
@@ -641,7 +645,14 @@ class UsageService:
         lattice = definition is not None and definition.version >= LATTICE_VERSION
         with_users = definition is not None and definition.version >= USERS_VERSION
         fetch_args = (served.generation, lattice, with_users)
-        groups = fetch_groups(self.dbs, query, buckets, *fetch_args)
+
+        def fetch(buckets: list[Bucket]) -> list[Doc]:
+            if self.from_platform_level(query, served):
+                placed = platform_view.read(self.dbs, buckets, *self.platform_args(query, served))
+                return platform_view.groups(placed, buckets, self.excluded(query))
+            return fetch_groups(self.dbs, query, buckets, *fetch_args)
+
+        groups = fetch(buckets)
         always = (query.agent_id,) if query.agent_id else ()
         current = fold(groups, buckets, always)
         active = {group["_id"]["id"] for group in groups}
@@ -649,20 +660,83 @@ class UsageService:
         previous = None
         if query.compare == "previous":
             before = previous_buckets(buckets, query.granularity, settings.week_start_index)
-            previous_groups = fetch_groups(self.dbs, query, before, *fetch_args)
+            previous_groups = fetch(before)
             previous = fold(previous_groups, before, always)
             active |= {group["_id"]["id"] for group in previous_groups}
         lines = make_lines(current, previous, len(buckets))
         return Lines(lines, buckets, before, active, with_users)
 
+    def from_platform_level(self, query: UsageQuery, served: Served) -> bool:
+        return query.scope == "platform" and served.platform
+
+    def platform_args(self, query: UsageQuery, served: Served) -> tuple[bool, int]:
+        return query.granularity == "month", served.generation
+
+    def excluded(self, query: UsageQuery) -> set[str]:
+        """The organizations a view leaves out (the internal ones, unless included)."""
+        return set() if query.include_internal else set(self.settings.internal_org_ids)
+
+    def platform_page(self, query: UsageQuery, served: Served) -> tuple["Found", Page]:
+        """One page of a platform view ranked by a measure, from the platform level: cells
+        only for the page's organizations, the rest summed bucket by bucket into Other."""
+        assert query.limit is not None
+        settings = self.settings
+        buckets = make_buckets(
+            query.first, query.last, query.granularity, settings.week_start_index
+        )
+        args = self.platform_args(query, served)
+        excluded = self.excluded(query)
+        placed = platform_view.read(self.dbs, buckets, *args)
+        value = platform_view.values(placed, query.sort, excluded)
+        active = set(value)
+        before: list[Bucket] | None = None
+        placed_before: list[platform_view.Placed] = []
+        if query.compare == "previous":
+            before = previous_buckets(buckets, query.granularity, settings.week_start_index)
+            placed_before = platform_view.read(self.dbs, before, *args)
+            active |= set(platform_view.values(placed_before, query.sort, excluded))
+        # Ties by id, in either order (a stable sort keeps the id order).
+        ranked = sorted(active)
+        ranked.sort(key=lambda org: value.get(org, 0), reverse=query.order == "desc")
+        ids = ranked[query.offset : query.offset + query.limit]
+        chosen = set(ids)
+        cells = platform_view.page_cells(placed, chosen, len(buckets))
+        rest = platform_view.rest_cells(placed, chosen | excluded, len(buckets))
+        total_cells = platform_view.bucket_totals([rest, *cells.values()], len(buckets))
+        earlier: dict[str, list[Cell]] = {}
+        rest_before = total_before = None
+        if before is not None:
+            earlier = platform_view.page_cells(placed_before, chosen, len(before))
+            rest_before = platform_view.rest_cells(placed_before, chosen | excluded, len(before))
+            total_before = platform_view.bucket_totals(
+                [rest_before, *earlier.values()], len(before)
+            )
+        rows = [Line(org, cells[org], earlier.get(org)) for org in ids]
+        other = Line(None, rest, rest_before) if len(ranked) > len(ids) else None
+        page = Page(rows, other, Line(None, total_cells, total_before), len(ranked))
+        definition = served.definition
+        with_users = definition is not None and definition.version >= USERS_VERSION
+        return Found(buckets, before, active, with_users), page
+
     def report(self, query: UsageQuery, served: Served | None = None) -> Doc:
         served = served or self.served()
-        found = self.lines(query, served)
         # Every name only when the rows are searched or ranked by it: a platform of 10,000
         # organizations otherwise costs one page of names.
         every_name = query.q is not None or query.sort == "name"
-        names = self.names(query, sorted(found.active)) if every_name else {}
-        page = paginate(found.lines, len(found.buckets), query, names, found.with_users)
+        fast = (
+            self.from_platform_level(query, served)
+            and query.sort in MEASURES
+            and query.q is None
+            and query.limit is not None
+        )
+        if fast:
+            found, page = self.platform_page(query, served)
+            names: dict[str, str] = {}
+        else:
+            lines = self.lines(query, served)
+            found = Found(lines.buckets, lines.previous, lines.active, lines.with_users)
+            names = self.names(query, sorted(found.active)) if every_name else {}
+            page = paginate(lines.lines, len(found.buckets), query, names, found.with_users)
         if not every_name:
             ids = [line.id for line in page.rows if line.id and line.id in found.active]
             names = self.names(query, ids)
@@ -772,6 +846,17 @@ class UsageService:
 def rounded(value: float | None) -> float | None:
     """An average as shown: 2 decimals (counts are shown as they are)."""
     return round(value, 2) if isinstance(value, float) else value
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a report shows besides its lines: the buckets, the previous period's, the ids
+    with data and whether users are counted."""
+
+    buckets: list[Bucket]
+    previous: list[Bucket] | None
+    active: set[str]
+    with_users: bool
 
 
 @dataclass(frozen=True)

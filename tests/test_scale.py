@@ -1,7 +1,9 @@
 """Paths taken only at scale: many organizations on the days a run replaces, and names read
 for every organization. Each is forced here by lowering the threshold that selects it."""
 
+import random
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import pytest
 from bson import ObjectId
@@ -170,3 +172,108 @@ def test_verify_finds_a_drifted_platform_level_and_repair_rebuilds_it(dbs: Datab
     runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
     assert platform_figures(dbs) == expected
     assert verify.find_month_drift(dbs, first, last) == []
+
+
+# --- platform views from the platform level ---------------------------------------------------
+
+MANY = [ObjectId(f"65e18830a0616000137bba{n:02x}") for n in range(9)]
+
+
+@pytest.fixture
+def platform_dbs(make_dbs: Any) -> Databases:
+    """Nine organizations (the first internal) over three months, with ties in their
+    conversations and users who come back; built through the real runs."""
+    dbs: Databases = make_dbs(internal_org_ids=[str(MANY[0])])
+    rng = random.Random(5)
+    docs = []
+    for n, org in enumerate(MANY):
+        for _ in range(2 + n % 4):  # 2..5 conversations: ties between organizations
+            created = datetime(2026, 8, 1, 9) + timedelta(days=rng.randrange(92))
+            lead = f"{org}-{rng.randrange(3)}"
+            docs.append(
+                make_request(createdAt=created, id_organization=org, lead=lead, depth=3 + n)
+            )
+    dbs.source.requests.insert_many(docs)
+    backfill(dbs, "2026-07-01", "2026-10-31", T0)
+    return dbs
+
+
+QUERIES = [
+    {},
+    {"limit": 3},
+    {"limit": 3, "offset": 3},
+    {"limit": 4, "order": "asc"},
+    {"limit": 2, "sort": "messages"},
+    {"limit": 20},
+    {"limit": 3, "include_internal": True},
+    {"limit": 3, "granularity": "week"},
+    {"limit": 3, "granularity": "day", "start": "2026-09-20", "end": "2026-10-05"},
+    {"limit": 3, "start": "2026-08-15", "end": "2026-10-20"},
+    {"limit": 3, "compare": "previous", "start": "2026-09-01", "end": "2026-10-31"},
+    {"limit": 2, "compare": "previous", "start": "2026-09-10", "end": "2026-10-03"},
+    {"limit": 3, "sort": "users"},
+    {"limit": 3, "q": "65e1"},
+    {"compare": "previous", "start": "2026-10-01", "end": "2026-10-31"},
+]
+
+
+@pytest.mark.parametrize("params", QUERIES, ids=[str(n) for n in range(len(QUERIES))])
+def test_a_platform_view_from_the_platform_level_is_the_view_from_the_organization_rows(
+    platform_dbs: Databases, params: dict[str, Any]
+) -> None:
+    """Every figure of the page, Other and the total, the order and total_rows, as the view
+    read from the organization level gives them."""
+    from dataclasses import replace
+
+    from api.usage import UsageService
+
+    dbs = platform_dbs
+    service = UsageService(dbs, 0)
+    served = service.served()
+    assert served.platform
+    query = resolve(dbs, params)
+    fast = service.report(query, served)
+    slow = service.report(query, replace(served, platform=False))
+    assert fast == slow
+    assert len(fast["rows"]) == min(query.limit or 99, fast["total_rows"] - query.offset)
+
+
+def resolve(dbs: Databases, params: dict[str, Any]) -> Any:
+    from api.auth import Principal
+    from api.usage import resolve_query
+
+    values = {"start": "2026-08-01", "end": "2026-10-31", "granularity": "month", **params}
+    return resolve_query(
+        scope="platform",
+        org_id=None,
+        agent_id=None,
+        principal=Principal("k", "staff", None),
+        today=date(2026, 11, 1),
+        settings=dbs.settings,
+        **{"include_internal": False, **values},
+    )
+
+
+def test_the_platform_page_adds_up_to_counts_from_the_documents(platform_dbs: Databases) -> None:
+    """Page rows and Other sum to the total, which is the documents' count (internal left
+    out); pages of two cover every organization exactly once."""
+    from api.usage import UsageService
+
+    dbs = platform_dbs
+    billable = [
+        doc
+        for doc in dbs.source.requests.find()
+        if doc["id_organization"] != MANY[0] and "2026-08-01" <= doc["createdAt"].isoformat()[:10]
+    ]
+    service = UsageService(dbs, 0)
+    seen: list[str] = []
+    for offset in range(0, 10, 2):
+        body = service.report(resolve(dbs, {"limit": 2, "offset": offset}))
+        page = sum(row["totals"]["conversations"] for row in body["rows"])
+        other = body["other"]["totals"]["conversations"] if body["other"] else 0
+        assert page + other == body["total"]["totals"]["conversations"] == len(billable)
+        assert body["total_rows"] == 8
+        seen += [row["id"] for row in body["rows"]]
+    assert sorted(seen) == sorted(str(org) for org in MANY[1:])
+    users = {doc["lead"] for doc in billable}
+    assert body["total"]["totals"]["users"] == len(users)

@@ -1,0 +1,151 @@
+"""Platform views from the platform level: every organization of a period in a few documents.
+
+The platform level (`etl/platform.py`) holds, for each day and each month, the organization
+rows of the period as parallel arrays. A platform view reads the documents of its buckets
+(whole months from the month documents, any other bucket from its days') instead of one row
+per organization and period.
+
+Ranked by a measure, a page needs cells only for its own organizations: the rest are
+summed bucket by bucket into the Other line, whose users are the union of their sketches,
+and the total is Other and the page together. The figures are those of `api.usage.paginate`
+over every line, which the tests check.
+"""
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+from api.buckets import Bucket
+from api.cells import MEASURES, Cell, combined
+from etl import sketches
+from etl.db import USAGE_PLATFORM, Databases, Doc
+from etl.lattice import USERS, USERS_HLL
+
+# A document of the level, with the index of the bucket it falls in.
+Placed = tuple[int, Doc]
+
+
+def read(
+    dbs: Databases, buckets: list[Bucket], whole_months: bool, generation: int
+) -> list[Placed]:
+    """The documents covering `buckets` (contiguous, in order): a whole calendar month's from
+    its month documents when `whole_months`, every other bucket's from its days'."""
+    stored = dbs.reader(USAGE_PLATFORM, generation)
+    placed: list[Placed] = []
+    months: dict[str, int] = {}
+    days: dict[str, int] = {}
+    runs: list[tuple[str, str]] = []  # contiguous day buckets, read with one query each
+    after_day = False
+    for index, bucket in enumerate(buckets):
+        if whole_months and not bucket.partial:
+            months[bucket.key] = index
+            after_day = False
+            continue
+        first, last = bucket.start.isoformat(), bucket.end.isoformat()
+        runs[-1:] = [(runs[-1][0], last)] if after_day else [*runs[-1:], (first, last)]
+        after_day = True
+        for offset in range((bucket.end - bucket.start).days + 1):
+            days[(bucket.start + timedelta(days=offset)).isoformat()] = index
+    if months:
+        for doc in stored.find({"period": "month", "key": {"$in": sorted(months)}}):
+            placed.append((months[doc["key"]], doc))
+    for first, last in runs:
+        for doc in stored.find({"period": "day", "key": {"$gte": first, "$lte": last}}):
+            placed.append((days[doc["key"]], doc))
+    return placed
+
+
+def groups(placed: list[Placed], buckets: list[Bucket], excluded: set[str]) -> list[Doc]:
+    """The documents as the usage pipelines group rows: one group per organization and
+    bucket (organizations in `excluded` left out)."""
+    merged: dict[tuple[str, int], Doc] = {}
+    for index, doc in placed:
+        key = buckets[index].key
+        blobs = doc[USERS_HLL]
+        for n, org in enumerate(doc["orgs"]):
+            if org in excluded:
+                continue
+            group = merged.get((org, index))
+            if group is None:
+                group = merged[(org, index)] = {
+                    "_id": {"id": org, "b": key},
+                    **dict.fromkeys(MEASURES, 0),
+                    "rows": 0,
+                    USERS: 0,
+                    USERS_HLL: [],
+                    "derived": True,
+                }
+            for name in MEASURES:
+                group[name] += doc[name][n]
+            group["rows"] += 1
+            group[USERS] += doc[USERS][n]
+            if blobs[n] is not None:
+                group[USERS_HLL].append(bytes(blobs[n]))
+    return list(merged.values())
+
+
+def values(placed: list[Placed], measure: str, excluded: set[str]) -> dict[str, int]:
+    """Each organization's sum of `measure` over the documents."""
+    summed: dict[str, int] = {}
+    for _, doc in placed:
+        for org, value in zip(doc["orgs"], doc[measure], strict=True):
+            summed[org] = summed.get(org, 0) + value
+    for org in excluded:
+        summed.pop(org, None)
+    return summed
+
+
+def page_cells(placed: list[Placed], ids: set[str], buckets: int) -> dict[str, list[Cell]]:
+    """The cells of the organizations `ids`, one per bucket (a shared empty cell where an
+    organization has no row)."""
+    empty = Cell()
+    cells = {org: [empty] * buckets for org in ids}
+    for index, doc in placed:
+        blobs = doc[USERS_HLL]
+        for n, org in enumerate(doc["orgs"]):
+            if org not in ids:
+                continue
+            cell = cells[org][index]
+            if cell is empty:
+                cell = cells[org][index] = Cell()
+                cell.derived = True
+            for name in MEASURES:
+                cell.sums[name] += doc[name][n]
+            cell.rows += 1
+            cell.exact += doc[USERS][n]
+            if blobs[n] is not None:
+                cell.blobs.append(bytes(blobs[n]))
+    return cells
+
+
+def rest_cells(placed: list[Placed], skipped: set[str], buckets: int) -> list[Cell]:
+    """Per bucket, one cell for every organization not in `skipped`: summed measures and
+    the union of their sketches, made once."""
+    sums = [dict.fromkeys(MEASURES, 0) for _ in range(buckets)]
+    rows = [0] * buckets
+    blobs: list[list[bytes]] = [[] for _ in range(buckets)]
+    for index, doc in placed:
+        kept = [n for n, org in enumerate(doc["orgs"]) if org not in skipped]
+        if not kept:
+            continue
+        for name in MEASURES:
+            column = doc[name]
+            sums[index][name] += sum(column[n] for n in kept)
+        rows[index] += len(kept)
+        column = doc[USERS_HLL]
+        blobs[index] += [column[n] for n in kept if column[n] is not None]
+    return [pooled(sums[n], rows[n], blobs[n]) for n in range(buckets)]
+
+
+def pooled(sums: dict[str, int], rows: int, blobs: Iterable[bytes]) -> Cell:
+    cell = Cell()
+    cell.sums = sums
+    cell.rows = rows
+    cell.derived = True
+    cell.pool(sketches.union(blobs))
+    return cell
+
+
+def bucket_totals(cells_by_line: Iterable[list[Cell]], buckets: int) -> list[Cell]:
+    """Per bucket, a cell combining the lines' cells of that bucket."""
+    lines = list(cells_by_line)
+    return [combined(cells[n] for cells in lines) for n in range(buckets)]
