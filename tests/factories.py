@@ -5,7 +5,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from etl import sketches
+from etl import platform, sketches
 
 ORG_A = ObjectId("65e18830a0616000137bb854")
 ORG_B = ObjectId("65e18830a0616000137bb855")
@@ -110,12 +110,19 @@ def store_rows(dbs: Any, rows: list[dict[str, Any]]) -> None:
     """Write day rows and every coarser level they sum to, as the rollup would."""
     dbs.usage_daily().insert_many([dict(row) for row in rows])
     dbs.usage_monthly().insert_many(monthly_rows(rows))
-    dbs.level("usage_org_daily").insert_many(summed(rows, False, "day"))
-    dbs.level("usage_org_monthly").insert_many(summed(rows, False, "month"))
+    by_day, by_month = summed(rows, False, "day"), summed(rows, False, "month")
+    dbs.level("usage_org_daily").insert_many(by_day)
+    dbs.level("usage_org_monthly").insert_many(by_month)
+    periods: dict[platform.Period, list[dict[str, Any]]] = {}
+    for row in by_day + by_month:
+        periods.setdefault(platform.period_of(row), []).append(row)
+    for period, members in periods.items():
+        dbs.level("usage_platform").insert_many(platform.chunks(period, members))
 
 
 def clear_rows(dbs: Any) -> None:
-    for name in ("usage_daily", "usage_monthly", "usage_org_daily", "usage_org_monthly"):
+    levels = ("usage_daily", "usage_monthly", "usage_org_daily", "usage_org_monthly")
+    for name in (*levels, "usage_platform"):
         dbs.level(name).delete_many({})
 
 

@@ -346,6 +346,11 @@ def test_a_new_run_invalidates_cached_responses(api: Api) -> None:
     api.dbs.level("usage_org_monthly").update_one(
         {"org_id": A, "month": "2026-10"}, {"$inc": {"conversations": 10}}
     )
+    (month,) = api.dbs.level("usage_platform").find({"period": "month", "key": "2026-10"})
+    at = month["orgs"].index(A)
+    api.dbs.level("usage_platform").update_one(
+        {"_id": month["_id"]}, {"$inc": {f"conversations.{at}": 10}}
+    )
     assert api.usage() == before  # served from the cache: no run completed
     cover(api.dbs, date(2026, 11, 25), date(2026, 11, 25))
     add_run(api.dbs, "2026-11-25", datetime(2026, 11, 25, 13, 0))
