@@ -456,12 +456,7 @@ def paginate(
     measures summed; Other's users are the union of the rest, like the total's of all)."""
     if query.q is not None:
         needle = query.q
-        lines = [
-            line
-            for line in lines
-            if line.id is not None
-            and (needle in names.get(line.id, line.id).casefold() or needle in line.id)
-        ]
+        lines = [line for line in lines if line.id is not None and matches(line.id, names, needle)]
     compared = query.compare == "previous"
     total = sum_lines(lines, buckets, compared)
     lines = sort_lines(lines, query, names, with_users)
@@ -471,6 +466,11 @@ def paginate(
     page, rest = lines[query.offset : end], lines[: query.offset] + lines[end:]
     other = sum_lines(rest, buckets, compared) if rest else None
     return Page(page, other, total, len(lines))
+
+
+def matches(row_id: str, names: dict[str, str], needle: str) -> bool:
+    """Whether a row's name (its id when it has none) or its id holds `needle` (casefolded)."""
+    return needle in names.get(row_id, row_id).casefold() or needle in row_id
 
 
 def render(
@@ -676,9 +676,13 @@ class UsageService:
         """The organizations a view leaves out (the internal ones, unless included)."""
         return set() if query.include_internal else set(self.settings.internal_org_ids)
 
-    def platform_page(self, query: UsageQuery, served: Served) -> tuple["Found", Page]:
+    def platform_page(
+        self, query: UsageQuery, served: Served
+    ) -> tuple["Found", Page, dict[str, str]]:
         """One page of a platform view ranked by a measure, from the platform level: cells
-        only for the page's organizations, the rest summed bucket by bucket into Other."""
+        only for the page's organizations, the rest summed bucket by bucket into Other.
+        Searched, the organizations whose name or id does not match are left out like the
+        internal ones, and every active organization's name is read (and returned)."""
         assert query.limit is not None
         settings = self.settings
         buckets = make_buckets(
@@ -695,8 +699,14 @@ class UsageService:
             before = previous_buckets(buckets, query.granularity, settings.week_start_index)
             placed_before = platform_view.read(self.dbs, before, *args)
             active |= set(platform_view.values(placed_before, query.sort, excluded))
+        names: dict[str, str] = {}
+        matching = active
+        if query.q is not None:
+            names = self.names(query, sorted(active))
+            matching = {org for org in active if matches(org, names, query.q)}
+            excluded = excluded | (active - matching)
         # Ties by id, in either order (a stable sort keeps the id order).
-        ranked = sorted(active)
+        ranked = sorted(matching)
         ranked.sort(key=lambda org: value.get(org, 0), reverse=query.order == "desc")
         ids = ranked[query.offset : query.offset + query.limit]
         chosen = set(ids)
@@ -716,7 +726,7 @@ class UsageService:
         page = Page(rows, other, Line(None, total_cells, total_before), len(ranked))
         definition = served.definition
         with_users = definition is not None and definition.version >= USERS_VERSION
-        return Found(buckets, before, active, with_users), page
+        return Found(buckets, before, active, with_users), page, names
 
     def report(self, query: UsageQuery, served: Served | None = None) -> Doc:
         served = served or self.served()
@@ -726,12 +736,10 @@ class UsageService:
         fast = (
             self.from_platform_level(query, served)
             and query.sort in MEASURES
-            and query.q is None
             and query.limit is not None
         )
         if fast:
-            found, page = self.platform_page(query, served)
-            names: dict[str, str] = {}
+            found, page, names = self.platform_page(query, served)
         else:
             lines = self.lines(query, served)
             found = Found(lines.buckets, lines.previous, lines.active, lines.with_users)

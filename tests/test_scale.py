@@ -194,6 +194,10 @@ def platform_dbs(make_dbs: Any) -> Databases:
                 make_request(createdAt=created, id_organization=org, lead=lead, depth=3 + n)
             )
     dbs.source.requests.insert_many(docs)
+    names = ["Alpha", "Beta", "Alphabet", "Gamma", "ALPINE"]
+    dbs.source.organizations.insert_many(
+        [{"_id": org, "name": name} for org, name in zip(MANY[1:], names, strict=False)]
+    )
     backfill(dbs, "2026-07-01", "2026-10-31", T0)
     return dbs
 
@@ -213,6 +217,10 @@ QUERIES = [
     {"limit": 2, "compare": "previous", "start": "2026-09-10", "end": "2026-10-03"},
     {"limit": 3, "sort": "users"},
     {"limit": 3, "q": "65e1"},
+    {"limit": 2, "q": "alp"},
+    {"limit": 2, "offset": 1, "q": "ALP", "compare": "previous"},
+    {"limit": 5, "q": "bba8"},
+    {"limit": 5, "q": "nothing like it"},
     {"compare": "previous", "start": "2026-10-01", "end": "2026-10-31"},
 ]
 
@@ -235,7 +243,11 @@ def test_a_platform_view_from_the_platform_level_is_the_view_from_the_organizati
     fast = service.report(query, served)
     slow = service.report(query, replace(served, platform=False))
     assert fast == slow
-    assert len(fast["rows"]) == min(query.limit or 99, fast["total_rows"] - query.offset)
+    assert len(fast["rows"]) == max(0, min(query.limit or 99, fast["total_rows"] - query.offset))
+    if query.q == "alp":
+        assert len(fast["rows"]) == 2
+        assert {row["name"] for row in fast["rows"]} <= {"Alpha", "Alphabet", "ALPINE"}
+        assert fast["total_rows"] == 3
 
 
 def resolve(dbs: Databases, params: dict[str, Any]) -> Any:
