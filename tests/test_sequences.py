@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from etl import ledger, runner
+from etl import ledger, rollup, runner
 from etl.db import Databases, connect
 from tests.factories import DROP, make_request
 from tests.test_users import user_of
@@ -122,6 +122,17 @@ def stored(dbs: Databases, base: str, generation: int, *fields: str) -> dict:
     }
 
 
+def platform_stored(dbs: Databases, generation: int, period: str) -> dict:
+    """(organization, day or month) -> measures, as the platform level's documents hold them."""
+    found = {}
+    for doc in dbs.level("usage_platform", generation).find({"period": period}):
+        for n, org in enumerate(doc["orgs"]):
+            found[(org, doc["key"])] = tuple(
+                doc[m][n] for m in ("conversations", "messages", "handoffs")
+            )
+    return found
+
+
 class World:
     """The source documents as this test knows them, and the clock."""
 
@@ -175,12 +186,25 @@ class World:
 
 
 @pytest.mark.parametrize(
-    ("seed", "transactions", "rows"),
-    [(1, True, 20_000), (2, True, 20_000), (3, True, 2), (4, False, 20_000), (5, False, 2)],
+    ("seed", "transactions", "rows", "long_in"),
+    [
+        (1, True, 20_000, 200),
+        (2, True, 20_000, 200),
+        (3, True, 2, 200),
+        (4, False, 20_000, 200),
+        (5, False, 2, 200),
+        (6, True, 20_000, 1),  # every month derived whole, as with many organizations
+    ],
 )
 def test_random_sequences_of_runs_leave_every_computed_day_exact(
-    make_dbs: Callable[..., Databases], seed: int, transactions: bool, rows: int
+    make_dbs: Callable[..., Databases],
+    monkeypatch: pytest.MonkeyPatch,
+    seed: int,
+    transactions: bool,
+    rows: int,
+    long_in: int,
 ) -> None:
+    monkeypatch.setattr(rollup, "LONG_IN", long_in)
     dbs = make_dbs(transaction_rows=rows)
     if transactions:
         play(dbs, seed)
@@ -227,6 +251,8 @@ def play(dbs: Databases, seed: int) -> None:
             assert org_days == sums(daily, lambda o, a, d: (o, d)), (seed, _step)
             org_months = stored(dbs, "usage_org_monthly", generation, "org_id", "month")
             assert org_months == sums(daily, lambda o, a, d: (o, d[:7])), (seed, _step)
+            assert platform_stored(dbs, generation, "day") == org_days, (seed, _step)
+            assert platform_stored(dbs, generation, "month") == org_months, (seed, _step)
             users = billable_users(world.docs, covered)
             assert served_users(dbs, generation) == distinct(users), (seed, _step)
             checked += 1
