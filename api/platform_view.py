@@ -12,10 +12,11 @@ over every line, which the tests check.
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from api.buckets import Bucket
-from api.cells import MEASURES, Cell, combined
+from api.cells import MEASURES, Cell
 from etl import sketches
 from etl.db import USAGE_PLATFORM, Databases, Doc
 from etl.lattice import USERS, USERS_HLL
@@ -51,6 +52,8 @@ def read(
     for first, last in runs:
         for doc in stored.find({"period": "day", "key": {"$gte": first, "$lte": last}}):
             placed.append((days[doc["key"]], doc))
+    # By bucket, then day and chunk: within a period, organizations come in id order.
+    placed.sort(key=lambda item: (item[0], item[1]["_id"]))
     return placed
 
 
@@ -117,12 +120,35 @@ def page_cells(placed: list[Placed], ids: set[str], buckets: int) -> dict[str, l
     return cells
 
 
-def rest_cells(placed: list[Placed], skipped: set[str], buckets: int) -> list[Cell]:
+@dataclass(frozen=True)
+class Split:
+    """A period's cells for a page: the page's organizations', per bucket, and per bucket
+    those of the rest and of every organization (the total), pooled."""
+
+    page: dict[str, list[Cell]]
+    rest: list[Cell]
+    total: list[Cell]
+
+
+def split(placed: list[Placed], chosen: set[str], excluded: set[str], buckets: int) -> Split:
+    """Cells for the organizations `chosen`, Other (all but them and `excluded`) and the
+    total (all but `excluded`)."""
+    return Split(
+        page_cells(placed, chosen, buckets),
+        pooled_cells(placed, chosen | excluded, buckets),
+        pooled_cells(placed, excluded, buckets),
+    )
+
+
+def pooled_cells(placed: list[Placed], skipped: set[str], buckets: int) -> list[Cell]:
     """Per bucket, one cell for every organization not in `skipped`: summed measures and
-    the union of their sketches, made once."""
+    the union of their sketches, made once. The sketches are united by organization id, then
+    day, as `api.usage.paginate` unites its rows': a union's estimate depends a little on its
+    order, so the same organizations give the same figure either way."""
     sums = [dict.fromkeys(MEASURES, 0) for _ in range(buckets)]
     rows = [0] * buckets
-    blobs: list[list[bytes]] = [[] for _ in range(buckets)]
+    entries: list[list[tuple[str, str, bytes]]] = [[] for _ in range(buckets)]
+    keys: list[set[str]] = [set() for _ in range(buckets)]
     for index, doc in placed:
         kept = [n for n, org in enumerate(doc["orgs"]) if org not in skipped]
         if not kept:
@@ -131,9 +157,15 @@ def rest_cells(placed: list[Placed], skipped: set[str], buckets: int) -> list[Ce
             column = doc[name]
             sums[index][name] += sum(column[n] for n in kept)
         rows[index] += len(kept)
-        column = doc[USERS_HLL]
-        blobs[index] += [column[n] for n in kept if column[n] is not None]
-    return [pooled(sums[n], rows[n], blobs[n]) for n in range(buckets)]
+        orgs, blobs, key = doc["orgs"], doc[USERS_HLL], doc["key"]
+        entries[index] += [(orgs[n], key, blobs[n]) for n in kept if blobs[n] is not None]
+        keys[index].add(key)
+    cells = []
+    for n in range(buckets):
+        # One period's chunks are in organization order already; several periods' are not.
+        ordered = sorted(entries[n]) if len(keys[n]) > 1 else entries[n]
+        cells.append(pooled(sums[n], rows[n], (blob for _, _, blob in ordered)))
+    return cells
 
 
 def pooled(sums: dict[str, int], rows: int, blobs: Iterable[bytes]) -> Cell:
@@ -143,9 +175,3 @@ def pooled(sums: dict[str, int], rows: int, blobs: Iterable[bytes]) -> Cell:
     cell.derived = True
     cell.pool(sketches.union(blobs))
     return cell
-
-
-def bucket_totals(cells_by_line: Iterable[list[Cell]], buckets: int) -> list[Cell]:
-    """Per bucket, a cell combining the lines' cells of that bucket."""
-    lines = list(cells_by_line)
-    return [combined(cells[n] for cells in lines) for n in range(buckets)]

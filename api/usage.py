@@ -325,14 +325,6 @@ def fetch_names(
         if isinstance(name, str) and name.strip():
             names[str(doc["_id"]).lower()] = name.strip()
     return names
-    for doc in db[collection].find({"_id": {"$in": wanted}}, {"name": 1, owner_field: 1}):
-        name = doc.get("name")
-        held_by = doc.get(owner_field)
-        if owner is not None and held_by is not None and str(held_by).strip().lower() != owner:
-            continue
-        if isinstance(name, str) and name.strip():
-            names[str(doc["_id"]).lower()] = name.strip()
-    return names
 
 
 def fold(
@@ -458,14 +450,20 @@ def paginate(
         needle = query.q
         lines = [line for line in lines if line.id is not None and matches(line.id, names, needle)]
     compared = query.compare == "previous"
-    total = sum_lines(lines, buckets, compared)
+    # Totals unite their rows' sketches in id order: a union's estimate depends a little on
+    # its order, and this way neither the total nor Other depends on the sort or the page.
+    total = sum_lines(sorted(lines, key=line_id), buckets, compared)
     lines = sort_lines(lines, query, names, with_users)
     if query.limit is None:
         return Page(lines[query.offset :], None, total, len(lines))
     end = query.offset + query.limit
     page, rest = lines[query.offset : end], lines[: query.offset] + lines[end:]
-    other = sum_lines(rest, buckets, compared) if rest else None
+    other = sum_lines(sorted(rest, key=line_id), buckets, compared) if rest else None
     return Page(page, other, total, len(lines))
+
+
+def line_id(line: Line) -> str:
+    return line.id or ""
 
 
 def matches(row_id: str, names: dict[str, str], needle: str) -> bool:
@@ -710,20 +708,15 @@ class UsageService:
         ranked.sort(key=lambda org: value.get(org, 0), reverse=query.order == "desc")
         ids = ranked[query.offset : query.offset + query.limit]
         chosen = set(ids)
-        cells = platform_view.page_cells(placed, chosen, len(buckets))
-        rest = platform_view.rest_cells(placed, chosen | excluded, len(buckets))
-        total_cells = platform_view.bucket_totals([rest, *cells.values()], len(buckets))
-        earlier: dict[str, list[Cell]] = {}
-        rest_before = total_before = None
-        if before is not None:
-            earlier = platform_view.page_cells(placed_before, chosen, len(before))
-            rest_before = platform_view.rest_cells(placed_before, chosen | excluded, len(before))
-            total_before = platform_view.bucket_totals(
-                [rest_before, *earlier.values()], len(before)
-            )
-        rows = [Line(org, cells[org], earlier.get(org)) for org in ids]
-        other = Line(None, rest, rest_before) if len(ranked) > len(ids) else None
-        page = Page(rows, other, Line(None, total_cells, total_before), len(ranked))
+
+        now = platform_view.split(placed, chosen, excluded, len(buckets))
+        then = platform_view.split(placed_before, chosen, excluded, len(before)) if before else None
+        rows = [Line(org, now.page[org], then.page[org] if then else None) for org in ids]
+        other = None
+        if len(ranked) > len(ids):
+            other = Line(None, now.rest, then.rest if then else None)
+        total = Line(None, now.total, then.total if then else None)
+        page = Page(rows, other, total, len(ranked))
         definition = served.definition
         with_users = definition is not None and definition.version >= USERS_VERSION
         return Found(buckets, before, active, with_users), page, names

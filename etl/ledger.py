@@ -30,6 +30,9 @@ class Pending:
     scan_from: datetime | None
     first: date | None
     last: date | None
+    # Whether every write to it kept the platform level: a rebuild begun before the level
+    # existed and resumed after it has days without it.
+    platform: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ def read_state(db: Database[Doc]) -> State | None:
             scan_from=p.get("scan_from"),
             first=_day(p.get("first")),
             last=_day(p.get("last")),
+            platform=bool(p.get("platform_level")),
         )
     return State(
         generation=int(doc["generation"]),
@@ -173,6 +177,7 @@ def begin_pending(db: Database[Doc], pending: Pending) -> None:
         "scan_from": pending.scan_from,
         "first": pending.first.isoformat() if pending.first else None,
         "last": pending.last.isoformat() if pending.last else None,
+        "platform_level": pending.platform,
     }
     db[STATE].update_one({"_id": STATE_ID}, {"$set": {"pending": doc}})
 
@@ -196,8 +201,7 @@ def switch(db: Database[Doc], pending: Pending, complete_through: date | None) -
                 "scan_from": pending.scan_from,
                 "complete_through": complete_through.isoformat() if complete_through else None,
                 "pending": None,
-                # Built whole by this version, the new generation has every level.
-                "platform_level": True,
+                "platform_level": pending.platform,
             },
             "$inc": {"version": 1},
         },

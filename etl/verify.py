@@ -58,7 +58,11 @@ def has_platform_level(dbs: Databases, generation: int) -> bool:
     """Whether `generation` keeps the platform level: every generation does but a served one
     from before it existed."""
     state = ledger.read_state(dbs.rollup)
-    return state is None or state.generation != generation or state.platform
+    if state is None:
+        return True
+    if state.pending is not None and state.pending.generation == generation:
+        return state.pending.platform
+    return state.generation != generation or state.platform
 
 
 def platform_drifted(dbs: Databases, generation: int, month: str, rows: list[Doc]) -> bool:
@@ -74,10 +78,11 @@ def platform_drifted(dbs: Databases, generation: int, month: str, rows: list[Doc
     expected = keyed(
         lattice.summarize(rows, lattice.ORG_DAILY) + lattice.summarize(rows, lattice.ORG_MONTHLY)
     )
-    found = dbs.level(USAGE_PLATFORM, generation).find(
-        {"key": {"$gte": month, "$lte": f"{month}-31"}}
-    )
-    stored = keyed(platform.rows_of(found))
+    within = {"period": {"$in": ["day", "month"]}, "key": {"$gte": month, "$lte": f"{month}-31"}}
+    found = platform.rows_of(dbs.level(USAGE_PLATFORM, generation).find(within))
+    stored = keyed(found)
+    if len(stored) != len(found):  # an organization twice in a period
+        return True
     return any(
         not same(expected.get(key), stored.get(key)) for key in expected.keys() | stored.keys()
     )

@@ -289,3 +289,74 @@ def test_the_platform_page_adds_up_to_counts_from_the_documents(platform_dbs: Da
     assert sorted(seen) == sorted(str(org) for org in MANY[1:])
     users = {doc["lead"] for doc in billable}
     assert body["total"]["totals"]["users"] == len(users)
+
+
+def test_totals_of_many_users_do_not_depend_on_the_page(make_dbs: Any) -> None:
+    """Sketches past their exact range: the total's and Other's users are the same figures
+    on every page, and the same as the view from the organization rows."""
+    from dataclasses import replace
+
+    from api.usage import UsageService
+
+    dbs: Databases = make_dbs()
+    orgs = [ObjectId(f"65e18830a0616000137bbb{n:02x}") for n in range(30)]
+    docs = []
+    for n, org in enumerate(orgs):
+        for lead in range(60 + n):
+            created = datetime(2026, 9, 1 + lead % 28, 9)
+            docs.append(make_request(createdAt=created, id_organization=org, lead=f"{org}-{lead}"))
+    dbs.source.requests.insert_many(docs)
+    backfill(dbs, "2026-09-01", "2026-09-30", T0)
+    service = UsageService(dbs, 0)
+    served = service.served()
+    people = len(docs)
+    totals, others = set(), set()
+    for offset in (0, 2, 10):
+        query = resolve(
+            dbs, {"start": "2026-09-01", "end": "2026-09-30", "limit": 2, "offset": offset}
+        )
+        fast = service.report(query, served)
+        assert fast == service.report(query, replace(served, platform=False))
+        totals.add(fast["total"]["totals"]["users"])
+        others.add((offset, fast["other"]["totals"]["users"]))
+        assert fast["total"]["totals"]["users_estimate"] is True
+    (total,) = totals
+    assert abs(total - people) <= 0.033 * people
+    assert len(others) == 3
+
+
+def test_a_rollup_from_before_the_platform_level_is_served_from_organization_rows(
+    dbs: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generation written before the platform level (its state without the flag) is read
+    from its organization rows; a rebuild begun then and resumed now switches to a
+    generation without the flag too; one begun now has it."""
+    from api.usage import UsageService
+    from etl import ledger
+
+    day = datetime(2026, 9, 5, 9)
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=day, id_organization=org) for org in ORGS[:3]]
+    )
+    backfill(dbs, "2026-09-01", "2026-09-30", T0)
+    state = dbs.rollup["etl_state"]
+    state.update_one({}, {"$unset": {"platform_level": ""}})
+    dbs.level("usage_platform").delete_many({})  # as the earlier version left it
+    body = UsageService(dbs, 0).report(resolve(dbs, {"start": "2026-09-01", "end": "2026-09-30"}))
+    assert body["total"]["totals"]["conversations"] == 3
+
+    # A rebuild that the earlier version began (its pending state without the flag), resumed.
+    pending = ledger.Pending(2, ledger.read_state(dbs.rollup).definition, None, None, None)
+    ledger.begin_pending(dbs.rollup, pending)
+    state.update_one({}, {"$unset": {"pending.platform_level": ""}})
+    runner.run_rebuild(dbs, T0, lambda: T0)
+    assert ledger.read_state(dbs.rollup).generation == 2
+    assert ledger.read_state(dbs.rollup).platform is False
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
+
+    runner.run_rebuild(dbs, T0, lambda: T0)
+    latest = ledger.read_state(dbs.rollup)
+    assert (latest.generation, latest.platform) == (3, True)
+    assert UsageService(dbs, 0).served().platform is True
+    body = UsageService(dbs, 0).report(resolve(dbs, {"start": "2026-09-01", "end": "2026-09-30"}))
+    assert body["total"]["totals"]["conversations"] == 3
