@@ -298,6 +298,11 @@ def status_report(dbs: Databases, settings: Settings, now: datetime, limit: int)
                 f"a rebuild into generation {state.pending.generation} has not finished: "
                 "run `usage rebuild` again"
             )
+        if not state.platform:
+            warnings.append(
+                "the served generation was written before the platform level: platform views "
+                "read its organization rows, slower with many organizations, until `usage rebuild`"
+            )
     return {
         # The embedded server's address dies with this command: name its storage instead.
         "database": (
@@ -309,6 +314,7 @@ def status_report(dbs: Databases, settings: Settings, now: datetime, limit: int)
         "generation": generation,
         "definition": state.definition.as_doc() if state else None,
         "pending_generation": state.pending.generation if state and state.pending else None,
+        "platform_level": state.platform if state else None,
         "coverage": ledger.coverage(dbs, generation).as_doc(),
         "data_through": through.isoformat() if through else None,
         "lag_days": (today - through).days - 1 if through else None,

@@ -333,6 +333,7 @@ def test_a_rollup_from_before_the_platform_level_is_served_from_organization_row
     generation without the flag too; one begun now has it."""
     from api.usage import UsageService
     from etl import ledger
+    from etl.cli import status_report
 
     day = datetime(2026, 9, 5, 9)
     dbs.source.requests.insert_many(
@@ -344,6 +345,9 @@ def test_a_rollup_from_before_the_platform_level_is_served_from_organization_row
     dbs.level("usage_platform").delete_many({})  # as the earlier version left it
     body = UsageService(dbs, 0).report(resolve(dbs, {"start": "2026-09-01", "end": "2026-09-30"}))
     assert body["total"]["totals"]["conversations"] == 3
+    report = status_report(dbs, dbs.settings, T0, 5)
+    assert report["platform_level"] is False
+    assert any("before the platform level" in line for line in report["warnings"])
 
     # A rebuild that the earlier version began (its pending state without the flag), resumed.
     pending = ledger.Pending(2, ledger.read_state(dbs.rollup).definition, None, None, None)
@@ -360,3 +364,4 @@ def test_a_rollup_from_before_the_platform_level_is_served_from_organization_row
     assert UsageService(dbs, 0).served().platform is True
     body = UsageService(dbs, 0).report(resolve(dbs, {"start": "2026-09-01", "end": "2026-09-30"}))
     assert body["total"]["totals"]["conversations"] == 3
+    assert status_report(dbs, dbs.settings, T0, 5)["warnings"] == []

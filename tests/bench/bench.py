@@ -463,7 +463,7 @@ def cold_breakdown(bench: Bench, dbs: Databases, query: UsageQuery, runs: int) -
     service = UsageService(dbs, 0)
     served = service.served()
     buckets = make_buckets(query.first, query.last, query.granularity, settings.week_start_index)
-    placed = platform_view.read(dbs, buckets, True, served.generation)
+    placed = platform_view.read(dbs, buckets, query.granularity == "month", served.generation)
     page = service.platform_page(query, served)[1]
     page_ids = [line.id for line in page.rows if line.id]
     body = service.report_json(query, served)
@@ -472,7 +472,12 @@ def cold_breakdown(bench: Bench, dbs: Databases, query: UsageQuery, runs: int) -
     bench.add("cold: served state (ms)", median_ms(lambda: UsageService(dbs, 0).served(), runs))
     bench.add(
         "cold: platform level read (ms)",
-        median_ms(lambda: platform_view.read(dbs, buckets, True, served.generation), runs),
+        median_ms(
+            lambda: platform_view.read(
+                dbs, buckets, query.granularity == "month", served.generation
+            ),
+            runs,
+        ),
     )
     bench.add(
         "cold: page, Other and total from it (ms)",

@@ -37,7 +37,7 @@ class ServerProcess:
         )
         deadline = time.monotonic() + 30
         probe = connect(
-            Settings(_env_file=None, mongodb_uri=self.uri, server_selection_timeout_ms=500),
+            Settings(_env_file=None, mongodb_uri=self.uri, server_selection_timeout_ms=500),  # type: ignore[call-arg]
             self.uri,
         )
         try:
