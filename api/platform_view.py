@@ -26,10 +26,15 @@ Placed = tuple[int, Doc]
 
 
 def read(
-    dbs: Databases, buckets: list[Bucket], whole_months: bool, generation: int
+    dbs: Databases,
+    buckets: list[Bucket],
+    whole_months: bool,
+    generation: int,
+    stale: frozenset[str] = frozenset(),
 ) -> list[Placed]:
     """The documents covering `buckets` (contiguous, in order): a whole calendar month's from
-    its month documents when `whole_months`, every other bucket's from its days'."""
+    its month documents when `whole_months` (unless its levels by month are `stale`), every
+    other bucket's from its days'."""
     stored = dbs.reader(USAGE_PLATFORM, generation)
     placed: list[Placed] = []
     months: dict[str, int] = {}
@@ -37,7 +42,7 @@ def read(
     runs: list[tuple[str, str]] = []  # contiguous day buckets, read with one query each
     after_day = False
     for index, bucket in enumerate(buckets):
-        if whole_months and not bucket.partial:
+        if whole_months and not bucket.partial and bucket.key not in stale:
             months[bucket.key] = index
             after_day = False
             continue

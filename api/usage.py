@@ -33,6 +33,7 @@ from etl.db import (
     USAGE_MONTHLY,
     USAGE_ORG_DAILY,
     USAGE_ORG_MONTHLY,
+    USAGE_STALE_MONTHS,
     Databases,
     Doc,
 )
@@ -258,6 +259,7 @@ def fetch_groups(
     generation: int,
     organization_levels: bool = True,
     with_users: bool = False,
+    stale: frozenset[str] = frozenset(),
 ) -> list[Doc]:
     """Rollup totals per (row id, bucket key), from the coarsest rows that are exact: a
     platform view needs no agents, so it reads the organization levels (when the generation
@@ -265,14 +267,15 @@ def fetch_groups(
 
     Whole calendar months are read from a monthly level; every other run of contiguous
     buckets (days, weeks, clipped months, a previous period's shifted buckets) is grouped from
-    day rows. Each group says whether it came from a derived level (`derived`)."""
+    day rows, and so is a month whose levels by month are `stale` (a run is replacing its
+    days in parts). Each group says whether it came from a derived level (`derived`)."""
     settings = dbs.settings
     by_org = query.scope == "platform" and organization_levels
     daily = dbs.reader(USAGE_ORG_DAILY if by_org else USAGE_DAILY, generation)
     months: list[str] = []
     runs_of_days: list[list[Bucket]] = [[]]
     for bucket in buckets:
-        if query.granularity == "month" and not bucket.partial:
+        if query.granularity == "month" and not bucket.partial and bucket.key not in stale:
             months.append(bucket.key)
             runs_of_days.append([])
         else:
@@ -642,7 +645,7 @@ class UsageService:
         definition = served.definition
         lattice = definition is not None and definition.version >= LATTICE_VERSION
         with_users = definition is not None and definition.version >= USERS_VERSION
-        fetch_args = (served.generation, lattice, with_users)
+        fetch_args = (served.generation, lattice, with_users, self.stale(served))
 
         def fetch(buckets: list[Bucket]) -> list[Doc]:
             if self.from_platform_level(query, served):
@@ -667,8 +670,14 @@ class UsageService:
     def from_platform_level(self, query: UsageQuery, served: Served) -> bool:
         return query.scope == "platform" and served.platform
 
-    def platform_args(self, query: UsageQuery, served: Served) -> tuple[bool, int]:
-        return query.granularity == "month", served.generation
+    def platform_args(self, query: UsageQuery, served: Served) -> tuple[bool, int, frozenset[str]]:
+        return query.granularity == "month", served.generation, self.stale(served)
+
+    def stale(self, served: Served) -> frozenset[str]:
+        """Months whose levels by month lag their days (a run is replacing them in parts):
+        read from their days."""
+        found = self.dbs.reader(USAGE_STALE_MONTHS, served.generation).find({}, {"_id": 1})
+        return frozenset(str(doc["_id"]) for doc in found)
 
     def excluded(self, query: UsageQuery) -> set[str]:
         """The organizations a view leaves out (the internal ones, unless included)."""

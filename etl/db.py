@@ -28,12 +28,15 @@ USAGE_DAYS = "usage_days"
 USAGE_ORG_DAILY = "usage_org_daily"
 USAGE_ORG_MONTHLY = "usage_org_monthly"
 USAGE_PLATFORM = "usage_platform"
+# Months whose levels by month lag their day rows while a run replaces them in parts.
+USAGE_STALE_MONTHS = "usage_stale_months"
 ROLLUP_COLLECTIONS = (
     USAGE_DAILY,
     USAGE_MONTHLY,
     USAGE_ORG_DAILY,
     USAGE_ORG_MONTHLY,
     USAGE_PLATFORM,
+    USAGE_STALE_MONTHS,
     USAGE_DAYS,
 )
 

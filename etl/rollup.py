@@ -15,7 +15,7 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from etl import lattice, ledger, platform, runs, sketches, source
-from etl.db import LONG_IN, USAGE_PLATFORM, Databases, Doc
+from etl.db import LONG_IN, USAGE_PLATFORM, USAGE_STALE_MONTHS, Databases, Doc
 from etl.settings import Settings
 
 # A batch (one aggregation, one write transaction) never crosses a calendar month, so each
@@ -140,6 +140,7 @@ def derive_months(
     session: ClientSession | None,
     days: list[str] | None = None,
     orgs: set[str] | None = None,
+    by_month: bool = True,
 ) -> None:
     """Rewrite every coarser level of `months` from the daily rows, never by differences.
 
@@ -148,6 +149,10 @@ def derive_months(
     only those organizations' rows are read and rewritten: a level row sums one
     organization's day rows, so the others' cannot have changed. The platform level holds
     the organization rows of each period, and is rewritten with them.
+
+    Without `by_month`, only the levels by day are rewritten (of `days`) and the months are
+    marked stale: their levels by month lag the day rows until they are derived again.
+    Derived whole (every organization), a month's levels by month are current again.
     """
     daily = dbs.usage_daily(generation)
     of_orgs: Doc = {} if orgs is None else {"org_id": {"$in": sorted(orgs)}}
@@ -156,6 +161,8 @@ def derive_months(
         rewritten = month_days(month) if days is None else [d for d in days if d[:7] == month]
         derived: dict[lattice.Level, list[Doc]] = {}
         for level in lattice.LEVELS:
+            if level.period == "month" and not by_month:
+                continue
             stored = dbs.level(level.collection, generation)
             selected, which = rows, level.of_month(month)
             if days is not None and level.period == "day":
@@ -168,10 +175,24 @@ def derive_months(
         by_day: dict[str, list[Doc]] = {day: [] for day in rewritten}
         for row in derived[lattice.ORG_DAILY]:
             by_day[row["day"]].append(row)
-        by_month = {month: derived[lattice.ORG_MONTHLY]}
-        platform.write_levels(
-            dbs.level(USAGE_PLATFORM, generation), by_day, by_month, session, orgs
-        )
+        months_rows = {month: derived[lattice.ORG_MONTHLY]} if by_month else {}
+        stored = dbs.level(USAGE_PLATFORM, generation)
+        platform.write_levels(stored, by_day, months_rows, session, orgs)
+    stale = dbs.level(USAGE_STALE_MONTHS, generation)
+    if not by_month:
+        for month in sorted(set(months)):
+            stale.replace_one({"_id": month}, {"_id": month}, upsert=True, session=session)
+    elif orgs is None:
+        stale.delete_many({"_id": {"$in": sorted(set(months))}}, session=session)
+
+
+def stale_months(
+    dbs: Databases, generation: int, session: ClientSession | None = None
+) -> list[str]:
+    """Months whose levels by month lag their day rows: a run replacing them in parts was
+    cut short before its last part."""
+    found = dbs.level(USAGE_STALE_MONTHS, generation).find({}, session=session)
+    return sorted(str(doc["_id"]) for doc in found)
 
 
 def month_days(month: str) -> list[str]:
@@ -197,9 +218,11 @@ def save_days(
     by_day: dict[str, list[Doc]],
     read_started: datetime,
     session: ClientSession | None = None,
+    by_month: bool = True,
 ) -> tuple[int, int]:
     """Replace every row of `days` with `by_day`'s, re-derive their months and stamp them in
-    the ledger: in one transaction when given a session.
+    the ledger: in one transaction when given a session. Without `by_month`, the levels by
+    month are left for a later part of the same batch (see `recompute`).
 
     Without one, the days are marked dirty first, so that a writer dying half-way leaves
     them for the next run to recompute rather than silently wrong.
@@ -231,11 +254,14 @@ def save_days(
         # When most organizations are on these days, the month is re-derived whole: reading
         # it by its index costs less than naming thousands of organizations.
         orgs = None
-        if session is not None and not any_dirty(dbs, generation, months, session):
+        whole = session is None or any_dirty(dbs, generation, months, session)
+        if by_month and not whole:
+            whole = bool(set(stale_months(dbs, generation, session)) & months)
+        if not whole:
             orgs = {doc["org_id"] for doc in old} | {row["org_id"] for row in new_rows}
             if len(orgs) > LONG_IN:
                 orgs = None
-        derive_months(dbs, generation, months, session, labels, orgs)
+        derive_months(dbs, generation, months, session, labels, orgs, by_month)
         ledger.stamp_days(dbs, generation, days, stamp, session)
         if target.served:
             ledger.bump(dbs.rollup, generation, session)
@@ -308,9 +334,13 @@ def save_counted(
     read_started: datetime,
     session: ClientSession | None,
     stats: Stats,
+    last: date,
     part: list[date],
 ) -> None:
-    written, removed = save_days(dbs, target, part, by_day, read_started, session)
+    # A batch in several parts derives its month's levels by month once, with its last day:
+    # each part before leaves them stale, which readers see and read around.
+    by_month = part[-1] == last
+    written, removed = save_days(dbs, target, part, by_day, read_started, session, by_month)
     stats.rows_written += written
     stats.rows_removed += removed
 
@@ -362,7 +392,9 @@ def recompute(
         batch = day_range(first, last)
         sizes = [len(by_day.get(day.isoformat(), [])) for day in batch]
         parts = split_by_rows(batch, sizes, dbs.settings.transaction_rows)
-        save = functools.partial(save_counted, dbs, target, by_day, read_started, session, stats)
+        save = functools.partial(
+            save_counted, dbs, target, by_day, read_started, session, stats, batch[-1]
+        )
         save_in_parts(parts, save)
         stats.days = len(batch)
         total.add(stats)

@@ -207,8 +207,11 @@ def _locked_run(
             )
             # Re-derived whole even when one of their days was recomputed: writing a day
             # rewrites the levels by day for that day only, not a drift on another day.
-            if work.months:
-                rederive_months(dbs, work.target, sorted(set(work.months)), session)
+            # ...and so are months left stale by a run cut short between the parts of a batch.
+            stale = rollup.stale_months(dbs, work.target.generation)
+            if work.months or stale:
+                months = sorted(set(work.months) | set(stale))
+                rederive_months(dbs, work.target, months, session)
             bad = rollup.count_bad_created_at(dbs, work.bad_since)
             if bad:
                 stats.skipped["bad_created_at"] += bad

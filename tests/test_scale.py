@@ -2,6 +2,7 @@
 for every organization. Each is forced here by lowering the threshold that selects it."""
 
 import random
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ from bson import ObjectId
 from api import usage
 from etl import rollup, runner, verify
 from etl.db import Databases
-from tests.factories import make_request
+from tests.factories import make_request, staff_query
 
 T0 = datetime(2026, 10, 12, 2, 0)
 ORGS = [ObjectId(f"65e18830a0616000137bb9{n:02x}") for n in range(4)]
@@ -231,8 +232,6 @@ def test_a_platform_view_from_the_platform_level_is_the_view_from_the_organizati
 ) -> None:
     """Every figure of the page, Other and the total, the order and total_rows, as the view
     read from the organization level gives them."""
-    from dataclasses import replace
-
     from api.usage import UsageService
 
     dbs = platform_dbs
@@ -294,8 +293,6 @@ def test_the_platform_page_adds_up_to_counts_from_the_documents(platform_dbs: Da
 def test_totals_of_many_users_do_not_depend_on_the_page(make_dbs: Any) -> None:
     """Sketches past their exact range: the total's and Other's users are the same figures
     on every page, and the same as the view from the organization rows."""
-    from dataclasses import replace
-
     from api.usage import UsageService
 
     dbs: Databases = make_dbs()
@@ -365,3 +362,62 @@ def test_a_rollup_from_before_the_platform_level_is_served_from_organization_row
     body = UsageService(dbs, 0).report(resolve(dbs, {"start": "2026-09-01", "end": "2026-09-30"}))
     assert body["total"]["totals"]["conversations"] == 3
     assert status_report(dbs, dbs.settings, T0, 5)["warnings"] == []
+
+
+# --- a month replaced in parts --------------------------------------------------------------
+
+
+def test_a_month_in_parts_cut_short_is_read_from_its_days_until_a_run_derives_it(
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts of one day each: the month's levels by month wait for the part with the batch's
+    last day. The run dies there; the month is stale, the views read its days and still show
+    the documents' counts, verify names the month, and the next run derives it."""
+    from api.usage import UsageService
+
+    dbs: Databases = make_dbs(transaction_rows=1)
+    days = [datetime(2026, 9, d, 9) for d in (3, 4, 30)]
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=day, id_organization=ORGS[n % 2]) for n, day in enumerate(days)]
+    )
+    backfill(dbs, "2026-09-01", "2026-09-30", T0)
+    assert rollup.stale_months(dbs, 1) == []
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=day, id_organization=ORGS[2]) for day in days]
+    )
+
+    real = rollup.save_days
+
+    def dies_on_the_last_day(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        if date(2026, 9, 30) in args[2]:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rollup, "save_days", dies_on_the_last_day)
+    with pytest.raises(RuntimeError):
+        backfill(dbs, "2026-09-01", "2026-09-30", T0 + timedelta(hours=1))
+    monkeypatch.setattr(rollup, "save_days", real)
+    assert rollup.stale_months(dbs, 1) == ["2026-09"]
+    # The month's rows lag: ORGS[2] has its two early conversations only in the day rows.
+    stored = {r["org_id"]: r["conversations"] for r in dbs.level("usage_org_monthly").find()}
+    assert str(ORGS[2]) not in stored
+
+    expected = {str(ORGS[0]): 2, str(ORGS[1]): 1, str(ORGS[2]): 2}  # the 30th not yet redone
+    service = UsageService(dbs, 0)
+    for granularity in ("month", "week"):
+        query = resolve(
+            dbs, {"start": "2026-09-01", "end": "2026-09-30", "granularity": granularity}
+        )
+        body = service.report(query)
+        assert {row["id"]: row["totals"]["conversations"] for row in body["rows"]} == expected
+        slow = service.report(query, replace(service.served(), platform=False))
+        assert {row["id"]: row["totals"]["conversations"] for row in slow["rows"]} == expected
+    org = staff_query(dbs.settings, "org", "2026-09-01", "2026-09-30", org_id=str(ORGS[2]))
+    assert service.report(org)["total"]["totals"]["conversations"] == 2
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == ["2026-09"]
+
+    backfill(dbs, "2026-08-01", "2026-08-02", T0 + timedelta(hours=2))  # another month
+    assert rollup.stale_months(dbs, 1) == []
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
+    stored = {r["org_id"]: r["conversations"] for r in dbs.level("usage_org_monthly").find()}
+    assert stored == expected
