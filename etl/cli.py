@@ -298,6 +298,13 @@ def status_report(dbs: Databases, settings: Settings, now: datetime, limit: int)
                 f"a rebuild into generation {state.pending.generation} has not finished: "
                 "run `usage rebuild` again"
             )
+        stale = rollup.stale_months(dbs, generation)
+        if stale:
+            warnings.append(
+                f"levels by month lag their days in {', '.join(stale)}: a run replacing them "
+                "in parts is running or was cut short; views read their days, and the next "
+                "run derives them"
+            )
         if not state.platform:
             warnings.append(
                 "the served generation was written before the platform level: platform views "
@@ -343,7 +350,14 @@ def verify_command(
     for item in found.drift:
         out.print(item.describe(), markup=False)
     for month in found.months:
-        out.print(f"{month}: usage_monthly differs from the sum of usage_daily", markup=False)
+        if month in found.stale:
+            why = (
+                "its levels by month lag its days: a run replacing it in parts is running or "
+                "was cut short (views read its days; the next run derives it)"
+            )
+        else:
+            why = "a level differs from what its day rows derive"
+        out.print(f"{month}: {why}", markup=False)
     if found.uncovered:
         out.print(
             f"{len(found.uncovered)} days never computed, not compared "

@@ -481,6 +481,8 @@ class Verification:
     months: list[str]
     uncovered: list[date]
     repair: RunResult | None = None
+    # Of `months`, those a run replacing them in parts left with lagging levels by month.
+    stale: list[str] = field(default_factory=list)
 
 
 def verify_range(
@@ -525,6 +527,7 @@ def _verify_range(
     drift = verify.find_drift(dbs, first, last, generation)
     months = verify.find_month_drift(dbs, first, last, generation)
     result = Verification(drift, months, verify.uncovered_days(dbs, first, last, generation))
+    result.stale = [month for month in rollup.stale_months(dbs, generation) if month in months]
     if repair and (drift or months):
         result.repair = run_repair(dbs, verify.drifted_days(drift), now, clock, months)
     return result

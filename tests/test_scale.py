@@ -415,6 +415,12 @@ def test_a_month_in_parts_cut_short_is_read_from_its_days_until_a_run_derives_it
     org = staff_query(dbs.settings, "org", "2026-09-01", "2026-09-30", org_id=str(ORGS[2]))
     assert service.report(org)["total"]["totals"]["conversations"] == 2
     assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == ["2026-09"]
+    found = runner.verify_range(dbs, date(2026, 9, 1), date(2026, 9, 30), T0, lambda: T0)
+    assert (found.months, found.stale) == (["2026-09"], ["2026-09"])
+    from etl.cli import status_report
+
+    warnings = status_report(dbs, dbs.settings, T0, 5)["warnings"]
+    assert any("lag their days in 2026-09" in line for line in warnings)
 
     backfill(dbs, "2026-08-01", "2026-08-02", T0 + timedelta(hours=2))  # another month
     assert rollup.stale_months(dbs, 1) == []
