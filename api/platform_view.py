@@ -137,40 +137,57 @@ class Split:
 
 def split(placed: list[Placed], chosen: set[str], excluded: set[str], buckets: int) -> Split:
     """Cells for the organizations `chosen`, Other (all but them and `excluded`) and the
-    total (all but `excluded`)."""
-    return Split(
-        page_cells(placed, chosen, buckets),
-        pooled_cells(placed, chosen | excluded, buckets),
-        pooled_cells(placed, excluded, buckets),
-    )
+    total (all but `excluded`), in one pass over the documents.
 
-
-def pooled_cells(placed: list[Placed], skipped: set[str], buckets: int) -> list[Cell]:
-    """Per bucket, one cell for every organization not in `skipped`: summed measures and
-    the union of their sketches, made once. The sketches are united by organization id, then
-    day, as `api.usage.paginate` unites its rows': a union's estimate depends a little on its
-    order, so the same organizations give the same figure either way."""
-    sums = [dict.fromkeys(MEASURES, 0) for _ in range(buckets)]
-    rows = [0] * buckets
-    entries: list[list[tuple[str, str, bytes]]] = [[] for _ in range(buckets)]
-    keys: list[set[str]] = [set() for _ in range(buckets)]
+    The sketches of Other and the total are united by organization id, then day, as
+    `api.usage.paginate` unites its rows': a union's estimate depends a little on its order,
+    so the same organizations give the same figure either way, whatever the page."""
+    total = Pool(buckets)
+    rest = Pool(buckets)
     for index, doc in placed:
-        kept = [n for n, org in enumerate(doc["orgs"]) if org not in skipped]
-        if not kept:
-            continue
+        orgs, blobs, key = doc["orgs"], doc[USERS_HLL], doc["key"]
+        left_out: list[int] = []  # positions of excluded organizations
+        on_page: list[int] = []
+        for n, org in enumerate(orgs):
+            if org in excluded:
+                left_out.append(n)
+                continue
+            if org in chosen:
+                on_page.append(n)
+            blob = blobs[n]
+            if blob is not None:
+                total.entries[index].append((org, key, blob))
+                if org not in chosen:
+                    rest.entries[index].append((org, key, blob))
+        kept = len(orgs) - len(left_out)
+        total.rows[index] += kept
+        rest.rows[index] += kept - len(on_page)
         for name in MEASURES:
             column = doc[name]
-            sums[index][name] += sum(column[n] for n in kept)
-        rows[index] += len(kept)
-        orgs, blobs, key = doc["orgs"], doc[USERS_HLL], doc["key"]
-        entries[index] += [(orgs[n], key, blobs[n]) for n in kept if blobs[n] is not None]
-        keys[index].add(key)
-    cells = []
-    for n in range(buckets):
-        # One period's chunks are in organization order already; several periods' are not.
-        ordered = sorted(entries[n]) if len(keys[n]) > 1 else entries[n]
-        cells.append(pooled(sums[n], rows[n], (blob for _, _, blob in ordered)))
-    return cells
+            everyone = sum(column) - sum(column[n] for n in left_out)
+            total.sums[index][name] += everyone
+            rest.sums[index][name] += everyone - sum(column[n] for n in on_page)
+        total.keys[index].add(key)
+        rest.keys[index].add(key)
+    return Split(page_cells(placed, chosen, buckets), rest.cells(), total.cells())
+
+
+class Pool:
+    """Per bucket, the measures, rows and sketches of a set of organizations."""
+
+    def __init__(self, buckets: int) -> None:
+        self.sums = [dict.fromkeys(MEASURES, 0) for _ in range(buckets)]
+        self.rows = [0] * buckets
+        self.entries: list[list[tuple[str, str, bytes]]] = [[] for _ in range(buckets)]
+        self.keys: list[set[str]] = [set() for _ in range(buckets)]
+
+    def cells(self) -> list[Cell]:
+        cells = []
+        for n, entries in enumerate(self.entries):
+            # One period's chunks are in organization order already; several periods' are not.
+            ordered = sorted(entries) if len(self.keys[n]) > 1 else entries
+            cells.append(pooled(self.sums[n], self.rows[n], (blob for _, _, blob in ordered)))
+        return cells
 
 
 def pooled(sums: dict[str, int], rows: int, blobs: Iterable[bytes]) -> Cell:
