@@ -645,11 +645,15 @@ class UsageService:
         definition = served.definition
         lattice = definition is not None and definition.version >= LATTICE_VERSION
         with_users = definition is not None and definition.version >= USERS_VERSION
-        fetch_args = (served.generation, lattice, with_users, self.stale(served))
+        stale = self.stale(served)
+        fetch_args = (served.generation, lattice, with_users, stale)
 
         def fetch(buckets: list[Bucket]) -> list[Doc]:
             if self.from_platform_level(query, served):
-                placed = platform_view.read(self.dbs, buckets, *self.platform_args(query, served))
+                whole_months = query.granularity == "month"
+                placed = platform_view.read(
+                    self.dbs, buckets, whole_months, served.generation, stale
+                )
                 return platform_view.groups(placed, buckets, self.excluded(query))
             return fetch_groups(self.dbs, query, buckets, *fetch_args)
 

@@ -15,7 +15,14 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from etl import lattice, ledger, platform, runs, sketches, source
-from etl.db import LONG_IN, USAGE_PLATFORM, USAGE_STALE_MONTHS, Databases, Doc
+from etl.db import (
+    LONG_IN,
+    USAGE_PLATFORM,
+    USAGE_STALE_MONTHS,
+    Databases,
+    Doc,
+    generation_name,
+)
 from etl.settings import Settings
 
 # A batch (one aggregation, one write transaction) never crosses a calendar month, so each
@@ -179,11 +186,19 @@ def derive_months(
         stored = dbs.level(USAGE_PLATFORM, generation)
         platform.write_levels(stored, by_day, months_rows, session, orgs)
     stale = dbs.level(USAGE_STALE_MONTHS, generation)
-    if not by_month:
-        for month in sorted(set(months)):
-            stale.replace_one({"_id": month}, {"_id": month}, upsert=True, session=session)
-    elif orgs is None:
-        stale.delete_many({"_id": {"$in": sorted(set(months))}}, session=session)
+    for month in sorted(set(months)):
+        if by_month:
+            # The caller derived every organization the mark names (or all of them).
+            stale.delete_many({"_id": month}, session=session)
+            continue
+        # The mark names the organizations whose levels by month lag, so that the last part
+        # derives those; past LONG_IN of them, or not knowing, the whole month.
+        marked = stale.find_one({"_id": month}, session=session) or {}
+        named = None if orgs is None or marked.get("whole") else orgs | set(marked.get("orgs", ()))
+        mark: Doc = {"_id": month, "whole": True}
+        if named is not None and len(named) <= LONG_IN:
+            mark = {"_id": month, "orgs": sorted(named)}
+        stale.replace_one({"_id": month}, mark, upsert=True, session=session)
 
 
 def stale_months(
@@ -255,11 +270,17 @@ def save_days(
         # it by its index costs less than naming thousands of organizations.
         orgs = None
         whole = session is None or any_dirty(dbs, generation, months, session)
-        if by_month and not whole:
-            whole = bool(set(stale_months(dbs, generation, session)) & months)
         if not whole:
             orgs = {doc["org_id"] for doc in old} | {row["org_id"] for row in new_rows}
-            if len(orgs) > LONG_IN:
+            if by_month:
+                # ...and those whose levels by month earlier parts of the batch left behind.
+                marks = dbs.level(USAGE_STALE_MONTHS, generation)
+                for mark in marks.find({"_id": {"$in": sorted(months)}}, session=session):
+                    if mark.get("whole"):
+                        orgs = None
+                        break
+                    orgs |= set(mark.get("orgs", ()))
+            if orgs is not None and len(orgs) > LONG_IN:
                 orgs = None
         derive_months(dbs, generation, months, session, labels, orgs, by_month)
         ledger.stamp_days(dbs, generation, days, stamp, session)
@@ -438,6 +459,9 @@ def ensure_indexes(dbs: Databases, generation: int) -> None:
         [("period", ASCENDING), ("key", ASCENDING)], name="period_key"
     )
     dbs.usage_days(generation).create_index([("dirty", ASCENDING)], name="dirty", sparse=True)
+    # Made before any transaction writes to it: no run creates a collection in one.
+    if generation_name(USAGE_STALE_MONTHS, generation) not in dbs.rollup.list_collection_names():
+        dbs.rollup.create_collection(generation_name(USAGE_STALE_MONTHS, generation))
     runs.ensure_indexes(dbs.rollup)
 
 

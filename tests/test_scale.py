@@ -427,3 +427,29 @@ def test_a_month_in_parts_cut_short_is_read_from_its_days_until_a_run_derives_it
     assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
     stored = {r["org_id"]: r["conversations"] for r in dbs.level("usage_org_monthly").find()}
     assert stored == expected
+
+
+@pytest.mark.parametrize("long_in", [1, 200])
+def test_the_last_part_derives_the_months_of_organizations_only_on_earlier_parts(
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch, long_in: int
+) -> None:
+    """One day a part: an organization on the first days only still gets its month rows,
+    derived with the batch's last day (by name, or the whole month past LONG_IN)."""
+    monkeypatch.setattr(rollup, "LONG_IN", long_in)
+    dbs: Databases = make_dbs(transaction_rows=1)
+    placed = [(3, ORGS[0]), (4, ORGS[1]), (4, ORGS[0]), (30, ORGS[2])]
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=datetime(2026, 9, d, 9), id_organization=org) for d, org in placed]
+    )
+    backfill(dbs, "2026-09-01", "2026-09-30", T0)
+    expected = {str(ORGS[0]): 2, str(ORGS[1]): 1, str(ORGS[2]): 1}
+    assert {org: n for (org, _), n in org_months(dbs).items()} == expected
+    assert {org: n for (org, _), n in agent_months(dbs).items()} == expected
+    platform_months = {
+        org: figures["conversations"]
+        for (key, org), figures in platform_figures(dbs).items()
+        if key == "2026-09"
+    }
+    assert platform_months == expected
+    assert rollup.stale_months(dbs, 1) == []
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
