@@ -157,9 +157,8 @@ def derive_months(
     organization's day rows, so the others' cannot have changed. The platform level holds
     the organization rows of each period, and is rewritten with them.
 
-    Without `by_month`, only the levels by day are rewritten (of `days`) and the months are
-    marked stale: their levels by month lag the day rows until they are derived again.
-    Derived whole (every organization), a month's levels by month are current again.
+    Without `by_month`, only the levels by day are rewritten (of `days`): the levels by
+    month lag the day rows until they are derived again (see `mark_stale`).
     """
     daily = dbs.usage_daily(generation)
     of_orgs: Doc = {} if orgs is None else {"org_id": {"$in": sorted(orgs)}}
@@ -185,20 +184,45 @@ def derive_months(
         months_rows = {month: derived[lattice.ORG_MONTHLY]} if by_month else {}
         stored = dbs.level(USAGE_PLATFORM, generation)
         platform.write_levels(stored, by_day, months_rows, session, orgs)
+
+
+def mark_stale(
+    dbs: Databases,
+    generation: int,
+    months: set[str],
+    orgs: set[str] | None,
+    by_month: bool,
+    session: ClientSession | None,
+) -> set[str] | None:
+    """Keep the marks of months whose levels by month lag their days; return the
+    organizations whose levels by month the write must derive (None: every one).
+
+    A part that leaves the levels by month behind (`by_month` false) marks its months with
+    the organizations it wrote (past LONG_IN of them, or not knowing, the whole month). The
+    part that derives them adds the marked organizations to its own and clears the marks.
+    Done before the write's rows, in its transaction: the marks are small."""
     stale = dbs.level(USAGE_STALE_MONTHS, generation)
-    for month in sorted(set(months)):
-        if by_month:
-            # The caller derived every organization the mark names (or all of them).
-            stale.delete_many({"_id": month}, session=session)
-            continue
-        # The mark names the organizations whose levels by month lag, so that the last part
-        # derives those; past LONG_IN of them, or not knowing, the whole month.
-        marked = stale.find_one({"_id": month}, session=session) or {}
-        named = None if orgs is None or marked.get("whole") else orgs | set(marked.get("orgs", ()))
+    marks = list(stale.find({"_id": {"$in": sorted(months)}}, session=session))
+    if by_month:
+        for found in marks:
+            if orgs is not None and not found.get("whole"):
+                orgs = orgs | set(found.get("orgs", ()))
+            else:
+                orgs = None
+        if marks:
+            stale.delete_many({"_id": {"$in": sorted(months)}}, session=session)
+        return orgs
+    marked = {mark["_id"]: mark for mark in marks}
+    for month in sorted(months):
+        earlier = marked.get(month, {})
+        named = (
+            None if orgs is None or earlier.get("whole") else orgs | set(earlier.get("orgs", ()))
+        )
         mark: Doc = {"_id": month, "whole": True}
         if named is not None and len(named) <= LONG_IN:
             mark = {"_id": month, "orgs": sorted(named)}
         stale.replace_one({"_id": month}, mark, upsert=True, session=session)
+    return orgs
 
 
 def stale_months(
@@ -257,31 +281,23 @@ def save_days(
     def replace() -> int:
         old = list(usage.find({"day": {"$in": labels}}, {"org_id": 1}, session=session))
         old_ids = {doc["_id"] for doc in old}
-        usage.delete_many({"day": {"$in": labels}}, session=session)
-        if new_rows:
-            usage.insert_many(new_rows, ordered=False, session=session)
         months = {label[:7] for label in labels}
         # In a transaction the levels agreed with the day rows before it (unless a run
         # without one left a day dirty), so only the organizations with day rows on these
         # days, before or after, need theirs re-derived: a nightly run over a few days of a
         # platform with many small organizations rewrites a few of their months, not all.
         # Without a transaction, a run that died half-way may have left any level behind.
+        orgs = None
+        if session is not None and not any_dirty(dbs, generation, months, session):
+            orgs = {doc["org_id"] for doc in old} | {row["org_id"] for row in new_rows}
+        orgs = mark_stale(dbs, generation, months, orgs, by_month, session)
         # When most organizations are on these days, the month is re-derived whole: reading
         # it by its index costs less than naming thousands of organizations.
-        orgs = None
-        whole = session is None or any_dirty(dbs, generation, months, session)
-        if not whole:
-            orgs = {doc["org_id"] for doc in old} | {row["org_id"] for row in new_rows}
-            if by_month:
-                # ...and those whose levels by month earlier parts of the batch left behind.
-                marks = dbs.level(USAGE_STALE_MONTHS, generation)
-                for mark in marks.find({"_id": {"$in": sorted(months)}}, session=session):
-                    if mark.get("whole"):
-                        orgs = None
-                        break
-                    orgs |= set(mark.get("orgs", ()))
-            if orgs is not None and len(orgs) > LONG_IN:
-                orgs = None
+        if orgs is not None and len(orgs) > LONG_IN:
+            orgs = None
+        usage.delete_many({"day": {"$in": labels}}, session=session)
+        if new_rows:
+            usage.insert_many(new_rows, ordered=False, session=session)
         derive_months(dbs, generation, months, session, labels, orgs, by_month)
         ledger.stamp_days(dbs, generation, days, stamp, session)
         if target.served:

@@ -250,6 +250,7 @@ def rederive_months(
     """Rewrite month totals from the day rows, atomically, and let readers know."""
 
     def write() -> None:
+        rollup.mark_stale(dbs, target.generation, set(months), None, True, session)
         rollup.derive_months(dbs, target.generation, months, session)
         if target.served:
             ledger.bump(dbs.rollup, target.generation, session)
