@@ -674,9 +674,6 @@ class UsageService:
     def from_platform_level(self, query: UsageQuery, served: Served) -> bool:
         return query.scope == "platform" and served.platform
 
-    def platform_args(self, query: UsageQuery, served: Served) -> tuple[bool, int, frozenset[str]]:
-        return query.granularity == "month", served.generation, self.stale(served)
-
     def stale(self, served: Served) -> frozenset[str]:
         """Months whose levels by month lag their days (a run is replacing them in parts):
         read from their days."""
@@ -699,7 +696,8 @@ class UsageService:
         buckets = make_buckets(
             query.first, query.last, query.granularity, settings.week_start_index
         )
-        args = self.platform_args(query, served)
+        # Whole months from the month documents, unless a run left their levels stale.
+        args = (query.granularity == "month", served.generation, self.stale(served))
         excluded = self.excluded(query)
         placed = platform_view.read(self.dbs, buckets, *args)
         value = platform_view.values(placed, query.sort, excluded)

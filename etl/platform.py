@@ -26,7 +26,6 @@ from etl.lattice import MEASURES, USERS, USERS_HLL
 # At most 2,088 bytes of sketch and some 80 of figures an organization: a chunk stays far
 # below the 16 MB document limit whatever its organizations' sizes.
 CHUNK = 2000
-ARRAYS = ("orgs", *MEASURES, USERS, USERS_HLL)
 
 
 @dataclass(frozen=True)
