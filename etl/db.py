@@ -18,7 +18,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import make_read_preference, read_pref_mode_from_name
 from pymongo.write_concern import WriteConcern
 
-from etl.settings import EMBEDDED, Settings
+from etl.settings import EMBEDDED, EMBEDDED_CACHE, Settings
 
 Doc = dict[str, Any]
 REQUESTS = "requests"
@@ -213,7 +213,7 @@ EMBEDDED_OPLOG_ENTRIES = 5_000_000
 
 
 @contextlib.contextmanager
-def embedded_server(data_dir: Path, port: int = 0) -> Iterator[str]:
+def embedded_server(data_dir: Path, port: int = 0, cache: str = EMBEDDED_CACHE) -> Iterator[str]:
     """Run the embedded MongoDB-compatible server on loopback; yield its URI."""
     try:
         from secantus import SecantusDBServer
@@ -231,6 +231,7 @@ def embedded_server(data_dir: Path, port: int = 0) -> Iterator[str]:
                 port=port,
                 storage_path=str(data_dir),
                 oplog_max_entries=EMBEDDED_OPLOG_ENTRIES,
+                cache_size=cache,
             )
         server.start()
     except Exception as exc:
@@ -250,7 +251,8 @@ def open_databases(settings: Settings) -> Iterator[Databases]:
     with contextlib.ExitStack() as stack:
         uri = settings.mongodb_uri
         if uri == EMBEDDED:
-            uri = stack.enter_context(embedded_server(settings.data_dir))
+            server = embedded_server(settings.data_dir, cache=settings.embedded_cache)
+            uri = stack.enter_context(server)
         dbs = connect(settings, uri)
         stack.callback(dbs.close)
         yield dbs

@@ -13,7 +13,7 @@ organizations' entries are replaced by their new rows and the others' kept as th
 stored (they did not change).
 """
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from bson import Binary
@@ -84,10 +84,11 @@ def write(
     period: Period,
     rows: list[Doc],
     session: ClientSession | None,
-    orgs: set[str] | None = None,
+    orgs: Container[str] | None = None,
 ) -> None:
     """Rewrite `period` from `rows`: the organization rows of every organization, or, given
-    `orgs`, those of `orgs` alone (an organization of `orgs` without a row has none now)."""
+    `orgs` (a set, or a range of ids), those of `orgs` alone (an organization of `orgs`
+    without a row has none now)."""
     if orgs is not None:
         kept = [
             row
@@ -106,7 +107,7 @@ def write_levels(
     by_day: dict[str, list[Doc]],
     by_month: dict[str, list[Doc]],
     session: ClientSession | None,
-    orgs: set[str] | None = None,
+    orgs: Container[str] | None = None,
 ) -> None:
     """Rewrite the given days and months from their organization rows (an empty list: the
     period has no rows now)."""

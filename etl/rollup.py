@@ -140,34 +140,59 @@ def month_filter(month: str) -> Doc:
     return {"day": {"$gte": f"{month}-01", "$lte": f"{month}-31"}}
 
 
+@dataclass(frozen=True)
+class OrgRange:
+    """The organization ids from `first` (included) to `below` (excluded; None: no end)."""
+
+    first: str = ""
+    below: str | None = None
+
+    def __contains__(self, org: object) -> bool:
+        return (
+            isinstance(org, str) and self.first <= org and (self.below is None or org < self.below)
+        )
+
+    def query(self) -> Doc:
+        bounds = {"$gte": self.first}
+        if self.below is not None:
+            bounds["$lt"] = self.below
+        return {"org_id": bounds}
+
+
 def derive_months(
     dbs: Databases,
     generation: int,
     months: Iterable[str],
     session: ClientSession | None,
     days: list[str] | None = None,
-    orgs: set[str] | None = None,
+    orgs: set[str] | OrgRange | None = None,
     by_month: bool = True,
 ) -> None:
     """Rewrite every coarser level of `months` from the daily rows, never by differences.
 
     Given `days`, the levels by day are rewritten for those days only (the others of the
     month did not change); the levels by month always for the whole month. Given `orgs`,
-    only those organizations' rows are read and rewritten: a level row sums one
-    organization's day rows, so the others' cannot have changed. The platform level holds
-    the organization rows of each period, and is rewritten with them.
+    only those organizations' rows are read and rewritten (a set, or a range of ids): a level
+    row sums one organization's day rows, so the others' cannot have changed. The platform
+    level holds the organization rows of each period, and is rewritten with them.
 
     Without `by_month`, only the levels by day are rewritten (of `days`): the levels by
     month lag the day rows until they are derived again (see `mark_stale`).
     """
     daily = dbs.usage_daily(generation)
-    of_orgs: Doc = {} if orgs is None else {"org_id": {"$in": sorted(orgs)}}
+    of_orgs: Doc = {}
+    if isinstance(orgs, OrgRange):
+        of_orgs = orgs.query()
+    elif orgs is not None:
+        of_orgs = {"org_id": {"$in": sorted(orgs)}}
     for month in sorted(set(months)):
         rows = list(daily.find({**month_filter(month), **of_orgs}, session=session))
         rewritten = month_days(month) if days is None else [d for d in days if d[:7] == month]
         derived: dict[lattice.Level, list[Doc]] = {}
         for level in lattice.LEVELS:
-            if level.period == "month" and not by_month:
+            if (level.period == "month" and not by_month) or (
+                level.period == "day" and not rewritten
+            ):
                 continue
             stored = dbs.level(level.collection, generation)
             selected, which = rows, level.of_month(month)
@@ -179,7 +204,7 @@ def derive_months(
             if derived[level]:
                 stored.insert_many(derived[level], ordered=False, session=session)
         by_day: dict[str, list[Doc]] = {day: [] for day in rewritten}
-        for row in derived[lattice.ORG_DAILY]:
+        for row in derived.get(lattice.ORG_DAILY, []):
             by_day[row["day"]].append(row)
         months_rows = {month: derived[lattice.ORG_MONTHLY]} if by_month else {}
         stored = dbs.level(USAGE_PLATFORM, generation)
@@ -193,25 +218,32 @@ def mark_stale(
     orgs: set[str] | None,
     by_month: bool,
     session: ClientSession | None,
-) -> set[str] | None:
-    """Keep the marks of months whose levels by month lag their days; return the
-    organizations whose levels by month the write must derive (None: every one).
+) -> tuple[set[str] | None, bool]:
+    """Keep the marks of months whose levels by month lag their days. Return the
+    organizations the write derives (None: every one), and whether it derives the levels by
+    month in its own transaction.
 
     A part that leaves the levels by month behind (`by_month` false) marks its months with
     the organizations it wrote (past LONG_IN of them, or not knowing, the whole month). The
-    part that derives them adds the marked organizations to its own and clears the marks.
-    Done before the write's rows, in its transaction: the marks are small."""
+    part that would derive them (`by_month`) adds the marked organizations to its own. If
+    they are few (LONG_IN), it derives them itself and clears the marks; else it marks the
+    months as well, and `derive_stale` derives them after it, in transactions bounded by
+    rows: one transaction deriving a month of thousands of organizations besides writing
+    days outgrows the cache of a server. Done before the write's rows, in its transaction:
+    the marks are small."""
     stale = dbs.level(USAGE_STALE_MONTHS, generation)
     marks = list(stale.find({"_id": {"$in": sorted(months)}}, session=session))
     if by_month:
+        merged = orgs
         for found in marks:
-            if orgs is not None and not found.get("whole"):
-                orgs = orgs | set(found.get("orgs", ()))
+            if merged is not None and not found.get("whole"):
+                merged = merged | set(found.get("orgs", ()))
             else:
-                orgs = None
-        if marks:
-            stale.delete_many({"_id": {"$in": sorted(months)}}, session=session)
-        return orgs
+                merged = None
+        if merged is not None and len(merged) <= LONG_IN:
+            if marks:
+                stale.delete_many({"_id": {"$in": sorted(months)}}, session=session)
+            return merged, True
     marked = {mark["_id"]: mark for mark in marks}
     for month in sorted(months):
         earlier = marked.get(month, {})
@@ -222,7 +254,79 @@ def mark_stale(
         if named is not None and len(named) <= LONG_IN:
             mark = {"_id": month, "orgs": sorted(named)}
         stale.replace_one({"_id": month}, mark, upsert=True, session=session)
-    return orgs
+    return orgs, False
+
+
+def clear_stale(
+    dbs: Databases, generation: int, months: Iterable[str], session: ClientSession | None
+) -> None:
+    """Forget the marks of `months`: for a write that derives them whole."""
+    dbs.level(USAGE_STALE_MONTHS, generation).delete_many(
+        {"_id": {"$in": sorted(months)}}, session=session
+    )
+
+
+def derive_stale(
+    dbs: Databases, target: Target, months: Iterable[str], session: ClientSession | None
+) -> None:
+    """Derive the levels by month of those of `months` marked stale, and clear their marks.
+
+    The organizations a mark names are derived in one transaction. A whole month is derived
+    in ranges of organization ids of at most `transaction_rows` day rows each (an
+    organization is never split), one transaction each; the mark stays until the last, so
+    that readers read the month from its days until every range is written, and a run cut
+    short leaves it for the next run."""
+    generation = target.generation
+    stale = dbs.level(USAGE_STALE_MONTHS, generation)
+    for month in sorted(set(months)):
+        mark = stale.find_one({"_id": month})
+        if mark is None:
+            continue
+        ranges: list[set[str] | OrgRange]
+        if mark.get("whole"):
+            ranges = list(org_ranges(dbs, generation, month, dbs.settings.transaction_rows))
+        else:
+            ranges = [set(mark.get("orgs", ()))]
+        for n, orgs in enumerate(ranges):
+            last = n == len(ranges) - 1
+            write = functools.partial(derive_marked, dbs, target, month, orgs, last, session)
+            in_transaction(session, write)
+
+
+def derive_marked(
+    dbs: Databases,
+    target: Target,
+    month: str,
+    orgs: set[str] | OrgRange,
+    last: bool,
+    session: ClientSession | None,
+) -> None:
+    """Derive `orgs`' levels by month of a stale `month`; the `last` of them clears its mark."""
+    derive_months(dbs, target.generation, [month], session, [], orgs)
+    if last:
+        clear_stale(dbs, target.generation, [month], session)
+        if target.served:
+            ledger.bump(dbs.rollup, target.generation, session)
+
+
+def org_ranges(dbs: Databases, generation: int, month: str, bound: int) -> Iterator[OrgRange]:
+    """Ranges of organization ids that cover every id, each holding at most `bound` of the
+    month's day rows (or one organization with more)."""
+    counted = dbs.usage_daily(generation).aggregate(
+        [
+            {"$match": month_filter(month)},
+            {"$group": {"_id": "$org_id", "rows": {"$sum": 1}}},
+            {"$sort": {"_id": 1}},
+        ]
+    )
+    first, size = "", 0
+    for found in counted:
+        org, rows = str(found["_id"]), int(found["rows"])
+        if size and size + rows > bound:
+            yield OrgRange(first, org)
+            first, size = org, 0
+        size += rows
+    yield OrgRange(first)
 
 
 def stale_months(
@@ -290,15 +394,15 @@ def save_days(
         orgs = None
         if session is not None and not any_dirty(dbs, generation, months, session):
             orgs = {doc["org_id"] for doc in old} | {row["org_id"] for row in new_rows}
-        orgs = mark_stale(dbs, generation, months, orgs, by_month, session)
-        # When most organizations are on these days, the month is re-derived whole: reading
-        # it by its index costs less than naming thousands of organizations.
+        orgs, derives = mark_stale(dbs, generation, months, orgs, by_month, session)
+        # When most organizations are on these days, their levels by day are re-derived
+        # whole: reading them by their index costs less than naming thousands of ids.
         if orgs is not None and len(orgs) > LONG_IN:
             orgs = None
         usage.delete_many({"day": {"$in": labels}}, session=session)
         if new_rows:
-            usage.insert_many(new_rows, ordered=False, session=session)
-        derive_months(dbs, generation, months, session, labels, orgs, by_month)
+            usage.insert_many(descending(new_rows), ordered=False, session=session)
+        derive_months(dbs, generation, months, session, labels, orgs, derives)
         ledger.stamp_days(dbs, generation, days, stamp, session)
         if target.served:
             ledger.bump(dbs.rollup, generation, session)
@@ -308,6 +412,20 @@ def save_days(
         ledger.mark_dirty(dbs, generation, days, target.run_id)
     removed = in_transaction(session, replace)
     return len(new_rows), removed
+
+
+def descending(rows: list[Doc]) -> list[Doc]:
+    """Day rows in descending order of their unique key, the order to insert them in after
+    deleting their days in the same transaction.
+
+    The embedded server checks a unique key by looking for the nearest entry at or after it,
+    stepping over entries deleted but not yet committed. In ascending order every insert
+    would step over all the deleted entries after its own, so replacing a day of n groups
+    costs n² steps (20,000 groups: 28 s); in descending order the entries after it are the
+    ones just inserted (7 s). MongoDB checks either order alike."""
+    return sorted(
+        rows, key=lambda row: (str(row["org_id"]), str(row["agent_id"]), row["day"]), reverse=True
+    )
 
 
 class TransactionTooLong(Exception):
@@ -433,6 +551,7 @@ def recompute(
             save_counted, dbs, target, by_day, read_started, session, stats, batch[-1]
         )
         save_in_parts(parts, save)
+        derive_stale(dbs, target, {first.isoformat()[:7]}, session)
         stats.days = len(batch)
         total.add(stats)
         if heartbeat:

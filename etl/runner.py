@@ -207,11 +207,11 @@ def _locked_run(
             )
             # Re-derived whole even when one of their days was recomputed: writing a day
             # rewrites the levels by day for that day only, not a drift on another day.
-            # ...and so are months left stale by a run cut short between the parts of a batch.
+            if work.months:
+                rederive_months(dbs, work.target, sorted(work.months), session)
+            # ...and the levels by month of months left stale by a run cut short.
             stale = rollup.stale_months(dbs, work.target.generation)
-            if work.months or stale:
-                months = sorted(set(work.months) | set(stale))
-                rederive_months(dbs, work.target, months, session)
+            rollup.derive_stale(dbs, work.target, stale, session)
             bad = rollup.count_bad_created_at(dbs, work.bad_since)
             if bad:
                 stats.skipped["bad_created_at"] += bad
@@ -250,7 +250,7 @@ def rederive_months(
     """Rewrite month totals from the day rows, atomically, and let readers know."""
 
     def write() -> None:
-        rollup.mark_stale(dbs, target.generation, set(months), None, True, session)
+        rollup.clear_stale(dbs, target.generation, months, session)
         rollup.derive_months(dbs, target.generation, months, session)
         if target.served:
             ledger.bump(dbs.rollup, target.generation, session)

@@ -14,6 +14,7 @@ from pymongo.read_preferences import read_pref_mode_from_name
 from etl.profiles import PROFILES, Profile, ProfileName
 
 EMBEDDED = "embedded"
+EMBEDDED_CACHE = "4G"
 # With the nightly run at 02:15, the data is at most about 26 hours old; 36 leaves it ten
 # hours to be late before the freshness check fails.
 DEFAULT_MAX_LAG_HOURS = 36.0
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
         description="MongoDB URI, or 'embedded' for the bundled server storing under data_dir",
     )
     data_dir: Path = Path(".data")
+    # The embedded server's storage cache: a bound, not an allocation. A transaction's writes
+    # must fit in a fifth of it; 4G replaces a day of 100,000 groups (README, "Scale").
+    embedded_cache: str = Field(default=EMBEDDED_CACHE, pattern=r"^[1-9][0-9]*[MG]$")
     source_db: str = "tiledesk"
     source_profile: ProfileName = "deployment"
     rollup_db: str | None = None

@@ -1,8 +1,12 @@
-"""Secrets of MongoDB URIs never reach output: passwords and secret-looking options."""
+"""Connecting: secrets of MongoDB URIs never reach output; the embedded server gets its settings."""
+
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from etl.db import mask_uri
+from etl.db import mask_uri, open_databases
+from etl.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -55,3 +59,22 @@ from etl.db import mask_uri
 )
 def test_uri_secrets_are_masked(uri: str, shown: str) -> None:
     assert mask_uri(uri) == shown
+
+
+def test_the_embedded_server_gets_the_cache_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import secantus
+
+    started: list[dict[str, Any]] = []
+
+    class Recording(secantus.SecantusDBServer):  # type: ignore[misc]
+        def __init__(self, **kwargs: Any) -> None:
+            started.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(secantus, "SecantusDBServer", Recording)
+    settings = Settings(_env_file=None, data_dir=tmp_path, embedded_cache="256M")  # type: ignore[call-arg]
+    with open_databases(settings) as dbs:
+        dbs.ping()
+    assert [kwargs["cache_size"] for kwargs in started] == ["256M"]

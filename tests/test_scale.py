@@ -453,3 +453,85 @@ def test_the_last_part_derives_the_months_of_organizations_only_on_earlier_parts
     assert platform_months == expected
     assert rollup.stale_months(dbs, 1) == []
     assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
+
+
+# --- a month derived in ranges of organizations ------------------------------------------------
+
+
+def test_ranges_of_organizations_cover_every_id_within_the_bound(make_dbs: Any) -> None:
+    """Each organization in exactly one range, every id in some range, and no range over the
+    bound of day rows unless it holds a single organization."""
+    dbs: Databases = make_dbs()
+    rows_of = {ORGS[0]: 3, ORGS[1]: 1, ORGS[2]: 5, ORGS[3]: 2}
+    dbs.usage_daily(1).insert_many(
+        [
+            {"_id": f"{org}:a:2026-09-{d:02d}", "org_id": str(org), "day": f"2026-09-{d:02d}"}
+            for org, n in rows_of.items()
+            for d in range(1, n + 1)
+        ]
+        + [{"_id": f"{ORGS[0]}:a:2026-10-01", "org_id": str(ORGS[0]), "day": "2026-10-01"}]
+    )
+    ranges = list(rollup.org_ranges(dbs, 1, "2026-09", 4))
+    assert [[str(org) for org in ORGS if str(org) in r] for r in ranges] == [
+        [str(ORGS[0]), str(ORGS[1])],
+        [str(ORGS[2])],
+        [str(ORGS[3])],
+    ]
+    for probe in ["", "0", str(ORGS[0])[:-1], str(ORGS[3]) + "0", "z" * 24]:
+        assert sum(probe in r for r in ranges) == 1, probe
+
+
+def test_a_month_cut_short_between_its_ranges_is_read_from_its_days_until_derived(
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole month derived one organization a transaction: a run dies after the first
+    range. The month stays marked, the views read its days, and the next run derives the
+    rest; every level then equals the documents' counts."""
+    from api.usage import UsageService
+
+    monkeypatch.setattr(rollup, "LONG_IN", 1)
+    dbs: Databases = make_dbs(transaction_rows=1)
+    placed = [(3, ORGS[0]), (4, ORGS[1]), (4, ORGS[0]), (30, ORGS[2]), (12, ORGS[3])]
+    docs = [
+        make_request(createdAt=datetime(2026, 9, d, 9), id_organization=org) for d, org in placed
+    ]
+    dbs.source.requests.insert_many(docs)
+    backfill(dbs, "2026-09-01", "2026-09-30", T0)
+    assert rollup.stale_months(dbs, 1) == []
+    # ORGS[0] loses a conversation; ORGS[3] leaves the month; ORGS[1] gains two.
+    dbs.source.requests.delete_one({"_id": docs[0]["_id"]})
+    dbs.source.requests.update_one({"_id": docs[4]["_id"]}, {"$set": {"isTestMode": True}})
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=datetime(2026, 9, d, 9), id_organization=ORGS[1]) for d in (5, 6)]
+    )
+    real, calls = rollup.derive_marked, []
+
+    def dies_after_one(*args: Any, **kwargs: Any) -> None:
+        calls.append(args[3])
+        if len(calls) > 1:
+            raise RuntimeError("killed")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(rollup, "derive_marked", dies_after_one)
+    with pytest.raises(RuntimeError):
+        backfill(dbs, "2026-09-01", "2026-09-30", T0 + timedelta(hours=1))
+    monkeypatch.setattr(rollup, "derive_marked", real)
+    assert rollup.stale_months(dbs, 1) == ["2026-09"]
+    expected = {str(ORGS[0]): 1, str(ORGS[1]): 3, str(ORGS[2]): 1}
+    service = UsageService(dbs, 0)
+    query = resolve(dbs, {"start": "2026-09-01", "end": "2026-09-30", "granularity": "month"})
+    body = service.report(query)
+    assert {row["id"]: row["totals"]["conversations"] for row in body["rows"]} == expected
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == ["2026-09"]
+
+    runner.run_nightly(dbs, T0 + timedelta(hours=2), lambda: T0 + timedelta(hours=2))
+    assert rollup.stale_months(dbs, 1) == []
+    assert {org: n for (org, _), n in org_months(dbs).items()} == expected
+    assert {org: n for (org, _), n in agent_months(dbs).items()} == expected
+    platform_months = {
+        org: figures["conversations"]
+        for (key, org), figures in platform_figures(dbs).items()
+        if key == "2026-09"
+    }
+    assert platform_months == expected
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []

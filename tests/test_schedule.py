@@ -139,6 +139,8 @@ def test_internal_org_ids_take_json_or_commas(
         ({"USAGE_LOOKBACK_DAYS": "-1"}, "USAGE_LOOKBACK_DAYS"),
         ({"USAGE_WEEK_START": "someday"}, "USAGE_WEEK_START"),
         ({"USAGE_READ_PREFERENCE": "nearestish"}, "USAGE_READ_PREFERENCE"),
+        ({"USAGE_EMBEDDED_CACHE": "4 gigs"}, "USAGE_EMBEDDED_CACHE"),
+        ({"USAGE_EMBEDDED_CACHE": "0G"}, "USAGE_EMBEDDED_CACHE"),
     ],
 )
 def test_an_invalid_setting_names_itself(

@@ -18,7 +18,7 @@ from bson import ObjectId
 
 from etl import runner
 from etl.db import Databases, connect
-from etl.settings import Settings
+from etl.settings import EMBEDDED_CACHE, Settings
 from tests.drills.conftest import ServerProcess
 
 DAY = datetime(2026, 9, 15)
@@ -89,9 +89,10 @@ def check(dbs: Databases, groups: int, depth: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--groups", type=int, default=100_000)
+    parser.add_argument("--cache", default=EMBEDDED_CACHE, help="the server's cache, e.g. 4G")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="usage-big-day-") as tmp:
-        server = ServerProcess(Path(tmp) / "db")
+        server = ServerProcess(Path(tmp) / "db", args.cache)
         server.start()
         try:
             settings = Settings(_env_file=None, mongodb_uri=server.uri, source_db="big")  # type: ignore[call-arg]

@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 
 from etl.db import EMBEDDED_OPLOG_ENTRIES, connect
-from etl.settings import Settings
+from etl.settings import EMBEDDED_CACHE, Settings
 from tests.conftest import free_port
 
 
 class ServerProcess:
     """secantusd-py on a fixed port and storage, so a restart comes back at the same URI."""
 
-    def __init__(self, storage: Path) -> None:
+    def __init__(self, storage: Path, cache: str = EMBEDDED_CACHE) -> None:
         self.storage = storage
+        self.cache = cache
         self.port = free_port()
         self.uri = f"mongodb://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -31,6 +32,7 @@ class ServerProcess:
                 exe,
                 *("--port", str(self.port), "--storage-path", str(self.storage)),
                 *("--oplog-max-entries", str(EMBEDDED_OPLOG_ENTRIES)),
+                *("--cache-size", self.cache),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
