@@ -267,30 +267,84 @@ def clear_stale(
 
 
 def derive_stale(
-    dbs: Databases, target: Target, months: Iterable[str], session: ClientSession | None
+    dbs: Databases,
+    target: Target,
+    months: Iterable[str],
+    session: ClientSession | None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> None:
-    """Derive the levels by month of those of `months` marked stale, and clear their marks.
-
-    The organizations a mark names are derived in one transaction. A whole month is derived
-    in ranges of organization ids of at most `transaction_rows` day rows each (an
-    organization is never split), one transaction each; the mark stays until the last, so
-    that readers read the month from its days until every range is written, and a run cut
-    short leaves it for the next run."""
-    generation = target.generation
-    stale = dbs.level(USAGE_STALE_MONTHS, generation)
+    """Derive the levels by month of those of `months` marked stale, and clear their marks:
+    the organizations a mark names in one transaction, a whole month in ranges (see
+    `derive_in_ranges`)."""
+    stale = dbs.level(USAGE_STALE_MONTHS, target.generation)
     for month in sorted(set(months)):
         mark = stale.find_one({"_id": month})
         if mark is None:
             continue
-        ranges: list[set[str] | OrgRange]
         if mark.get("whole"):
-            ranges = list(org_ranges(dbs, generation, month, dbs.settings.transaction_rows))
+            derive_in_ranges(dbs, target, month, [], session, heartbeat)
         else:
-            ranges = [set(mark.get("orgs", ()))]
-        for n, orgs in enumerate(ranges):
-            last = n == len(ranges) - 1
-            write = functools.partial(derive_marked, dbs, target, month, orgs, last, session)
+            orgs = set(mark.get("orgs", ()))
+            write = functools.partial(derive_marked, dbs, target, month, orgs, [], True, session)
             in_transaction(session, write)
+
+
+def mark_whole(
+    dbs: Databases, target: Target, months: Iterable[str], session: ClientSession | None
+) -> None:
+    """Mark `months` stale whole, so that readers read them from their days."""
+    stale = dbs.level(USAGE_STALE_MONTHS, target.generation)
+    for month in sorted(set(months)):
+        stale.replace_one(
+            {"_id": month}, {"_id": month, "whole": True}, upsert=True, session=session
+        )
+    if target.served:
+        ledger.bump(dbs.rollup, target.generation, session)
+
+
+def derive_in_ranges(
+    dbs: Databases,
+    target: Target,
+    month: str,
+    days: list[str] | None,
+    session: ClientSession | None,
+    heartbeat: Callable[[], None] | None = None,
+) -> None:
+    """Derive a month marked stale whole in ranges of organization ids of at most
+    `transaction_rows` day rows each (an organization is never split), one transaction each:
+    its levels by month, and with `days` None its levels by day too.
+
+    The mark stays until the last range, so that readers read the month from its days until
+    every range is written, and a run cut short leaves it for the next run. The lease is
+    renewed before each range (`heartbeat`). A range the server ended as too long is derived
+    again in smaller ranges, down to a single organization."""
+    bound = dbs.settings.transaction_rows
+    pending = list(org_ranges(dbs, target.generation, month, bound))
+    while pending:
+        orgs = pending.pop(0)
+        if heartbeat:
+            heartbeat()
+        write = functools.partial(
+            derive_marked, dbs, target, month, orgs, days, not pending, session
+        )
+        try:
+            in_transaction(session, write)
+        except TransactionTooLong as exc:
+            smaller = [orgs]
+            while len(smaller) == 1 and bound > 1:
+                bound //= 2
+                smaller = list(org_ranges(dbs, target.generation, month, bound, orgs))
+            if len(smaller) == 1:
+                raise TransactionTooLong(
+                    f"deriving {month} for one organization in one transaction outlived the "
+                    f"server's limit ({exc}); raise the server's transactionLifetimeLimitSeconds"
+                ) from exc
+            log.warning(
+                "a transaction outlived the server's limit; deriving its organizations in "
+                "smaller ranges",
+                extra={"month": month, "rows": bound},
+            )
+            pending[:0] = smaller
 
 
 def derive_marked(
@@ -298,35 +352,40 @@ def derive_marked(
     target: Target,
     month: str,
     orgs: set[str] | OrgRange,
+    days: list[str] | None,
     last: bool,
     session: ClientSession | None,
 ) -> None:
-    """Derive `orgs`' levels by month of a stale `month`; the `last` of them clears its mark."""
-    derive_months(dbs, target.generation, [month], session, [], orgs)
+    """Derive `orgs`' levels of a stale `month` (by month; with `days` None, by day too);
+    the `last` of them clears its mark."""
+    derive_months(dbs, target.generation, [month], session, days, orgs)
     if last:
         clear_stale(dbs, target.generation, [month], session)
         if target.served:
             ledger.bump(dbs.rollup, target.generation, session)
 
 
-def org_ranges(dbs: Databases, generation: int, month: str, bound: int) -> Iterator[OrgRange]:
-    """Ranges of organization ids that cover every id, each holding at most `bound` of the
-    month's day rows (or one organization with more)."""
+def org_ranges(
+    dbs: Databases, generation: int, month: str, bound: int, within: OrgRange | None = None
+) -> Iterator[OrgRange]:
+    """Ranges of organization ids that cover every id (or every id `within`), each holding
+    at most `bound` of the month's day rows (or one organization with more)."""
+    within = within or OrgRange()
     counted = dbs.usage_daily(generation).aggregate(
         [
-            {"$match": month_filter(month)},
+            {"$match": {**month_filter(month), **within.query()}},
             {"$group": {"_id": "$org_id", "rows": {"$sum": 1}}},
             {"$sort": {"_id": 1}},
         ]
     )
-    first, size = "", 0
+    first, size = within.first, 0
     for found in counted:
         org, rows = str(found["_id"]), int(found["rows"])
         if size and size + rows > bound:
             yield OrgRange(first, org)
             first, size = org, 0
         size += rows
-    yield OrgRange(first)
+    yield OrgRange(first, within.below)
 
 
 def stale_months(
@@ -551,7 +610,7 @@ def recompute(
             save_counted, dbs, target, by_day, read_started, session, stats, batch[-1]
         )
         save_in_parts(parts, save)
-        derive_stale(dbs, target, {first.isoformat()[:7]}, session)
+        derive_stale(dbs, target, {first.isoformat()[:7]}, session, heartbeat)
         stats.days = len(batch)
         total.add(stats)
         if heartbeat:

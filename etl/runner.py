@@ -187,6 +187,10 @@ def _locked_run(
         if session is None:
             log.warning(NO_TRANSACTIONS, extra={"run_id": str(run_id)})
         event: Doc = {"run_id": str(run_id), "kind": kind, "range": None}
+
+        def renew() -> None:
+            lease.renew(clock())
+
         try:
             work = plan(RunContext(run_id, state, wanted))
             days = work.days
@@ -200,7 +204,7 @@ def _locked_run(
                 work.target,
                 days,
                 progress,
-                lambda: lease.renew(clock()),
+                renew,
                 session,
                 work.on_read,
                 clock,
@@ -208,10 +212,10 @@ def _locked_run(
             # Re-derived whole even when one of their days was recomputed: writing a day
             # rewrites the levels by day for that day only, not a drift on another day.
             if work.months:
-                rederive_months(dbs, work.target, sorted(work.months), session)
+                rederive_months(dbs, work.target, sorted(work.months), session, renew)
             # ...and the levels by month of months left stale by a run cut short.
             stale = rollup.stale_months(dbs, work.target.generation)
-            rollup.derive_stale(dbs, work.target, stale, session)
+            rollup.derive_stale(dbs, work.target, stale, session, renew)
             bad = rollup.count_bad_created_at(dbs, work.bad_since)
             if bad:
                 stats.skipped["bad_created_at"] += bad
@@ -245,16 +249,15 @@ def _locked_run(
 
 
 def rederive_months(
-    dbs: Databases, target: Target, months: list[str], session: ClientSession | None
+    dbs: Databases,
+    target: Target,
+    months: list[str],
+    session: ClientSession | None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> None:
-    """Rewrite month totals from the day rows, atomically, and let readers know."""
-
-    def write() -> None:
-        rollup.clear_stale(dbs, target.generation, months, session)
-        rollup.derive_months(dbs, target.generation, months, session)
-        if target.served:
-            ledger.bump(dbs.rollup, target.generation, session)
-
+    """Rewrite every level of `months` from the day rows, and let readers know: each month is
+    marked stale first, so that readers read it from its days, then derived in ranges of
+    organizations, the last of which clears the mark."""
     # Without a transaction, every computed day of each month is marked dirty first: a write
     # cut short between deleting and inserting a month's levels (the levels by day included)
     # is redone by the next run, which rewrites the levels by day of the days it recomputes.
@@ -264,7 +267,9 @@ def rederive_months(
         covered = ledger.covered_days(dbs, target.generation)
         marked = [day for day in covered if day.isoformat()[:7] in wanted]
     ledger.mark_dirty(dbs, target.generation, marked, target.run_id)
-    rollup.in_transaction(session, write)
+    rollup.in_transaction(session, lambda: rollup.mark_whole(dbs, target, months, session))
+    for month in months:
+        rollup.derive_in_ranges(dbs, target, month, None, session, heartbeat)
     ledger.clear_dirty(dbs, target.generation, marked)
 
 

@@ -535,3 +535,118 @@ def test_a_month_cut_short_between_its_ranges_is_read_from_its_days_until_derive
     }
     assert platform_months == expected
     assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
+
+
+def month_in_ranges(make_dbs: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Databases, dict]:
+    """A month of four organizations backfilled one organization a range."""
+    monkeypatch.setattr(rollup, "LONG_IN", 1)
+    dbs: Databases = make_dbs(transaction_rows=1)
+    placed = [(3, ORGS[0]), (4, ORGS[1]), (4, ORGS[0]), (30, ORGS[2]), (12, ORGS[3])]
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=datetime(2026, 9, d, 9), id_organization=o) for d, o in placed]
+    )
+    backfill(dbs, "2026-09-01", "2026-09-30", T0)
+    return dbs, {str(ORGS[0]): 2, str(ORGS[1]): 1, str(ORGS[2]): 1, str(ORGS[3]): 1}
+
+
+def test_repair_rewrites_a_drifted_month_in_ranges_and_a_cut_short_repair_is_finished(
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Repair marks the month, then rewrites every level a range at a time; cut short after
+    one range, the month stays marked (views read its days) and the next run finishes it."""
+    from api.usage import UsageService
+
+    dbs, expected = month_in_ranges(make_dbs, monkeypatch)
+    for collection in ("usage_org_monthly", "usage_monthly", "usage_org_daily"):
+        dbs.level(collection).update_many({}, {"$inc": {"conversations": 5}})
+    first, last = date(2026, 9, 1), date(2026, 9, 30)
+    assert verify.find_month_drift(dbs, first, last) == ["2026-09"]
+    real, calls = rollup.derive_marked, []
+
+    def dies_after_one(*args: Any, **kwargs: Any) -> None:
+        calls.append(args[3])
+        if len(calls) > 1:
+            raise RuntimeError("killed")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(rollup, "derive_marked", dies_after_one)
+    with pytest.raises(RuntimeError):
+        runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
+    monkeypatch.setattr(rollup, "derive_marked", real)
+    assert rollup.stale_months(dbs, 1) == ["2026-09"]
+    query = resolve(dbs, {"start": "2026-09-01", "end": "2026-09-30", "granularity": "month"})
+    body = UsageService(dbs, 0).report(query)
+    assert {row["id"]: row["totals"]["conversations"] for row in body["rows"]} == expected
+
+    runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
+    assert rollup.stale_months(dbs, 1) == []
+    assert {org: n for (org, _), n in org_months(dbs).items()} == expected
+    assert {org: n for (org, _), n in agent_months(dbs).items()} == expected
+    by_day = [
+        (r["org_id"], r["day"], r["conversations"]) for r in dbs.level("usage_org_daily").find()
+    ]
+    assert sorted(by_day) == sorted(
+        [(str(ORGS[0]), "2026-09-03", 1), (str(ORGS[0]), "2026-09-04", 1)]
+        + [(str(ORGS[1]), "2026-09-04", 1), (str(ORGS[2]), "2026-09-30", 1)]
+        + [(str(ORGS[3]), "2026-09-12", 1)]
+    )
+    assert verify.find_month_drift(dbs, first, last) == []
+
+
+def test_a_range_the_server_ends_as_too_long_is_derived_in_smaller_ones(
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ranges of more than one organization outlive the server's limit: they are derived
+    again one organization at a time; a single organization that still does fails the run
+    naming the month, and leaves it marked."""
+    dbs, expected = month_in_ranges(make_dbs, monkeypatch)
+    dbs.settings.transaction_rows = 10
+    real = rollup.derive_marked
+    derived: list[int] = []
+
+    def limited(*args: Any, **kwargs: Any) -> None:
+        held = sum(str(org) in args[3] for org in ORGS)
+        if held > 1:
+            raise rollup.TransactionTooLong("lifetime exceeded")
+        derived.append(held)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(rollup, "derive_marked", limited)
+    first, last = date(2026, 9, 1), date(2026, 9, 30)
+    dbs.level("usage_org_monthly").update_many({}, {"$inc": {"conversations": 5}})
+    runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
+    assert "smaller ranges" in caplog.text
+    assert derived and max(derived) == 1
+    assert {org: n for (org, _), n in org_months(dbs).items()} == expected
+    assert verify.find_month_drift(dbs, first, last) == []
+
+    def always_too_long(*args: Any, **kwargs: Any) -> None:
+        raise rollup.TransactionTooLong("lifetime exceeded")
+
+    monkeypatch.setattr(rollup, "derive_marked", always_too_long)
+    dbs.level("usage_org_monthly").update_many({}, {"$inc": {"conversations": 5}})
+    with pytest.raises(rollup.TransactionTooLong, match="deriving 2026-09 for one organization"):
+        runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
+    assert rollup.stale_months(dbs, 1) == ["2026-09"]
+
+
+def test_a_run_that_lost_its_lease_between_ranges_stops_and_keeps_the_mark(
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run took the lease while a month was derived in ranges: the next range's
+    renewal fails the run, before it could clear a mark the other run may rely on."""
+    from etl import runs
+
+    dbs, _ = month_in_ranges(make_dbs, monkeypatch)
+    real = rollup.derive_marked
+
+    def taken_over(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        dbs.rollup[runs.LOCKS].update_one({}, {"$set": {"holder": "another run"}})
+
+    monkeypatch.setattr(rollup, "derive_marked", taken_over)
+    dbs.level("usage_org_monthly").update_many({}, {"$inc": {"conversations": 5}})
+    first, last = date(2026, 9, 1), date(2026, 9, 30)
+    with pytest.raises(runs.LockBusy, match="lease was lost"):
+        runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
+    assert rollup.stale_months(dbs, 1) == ["2026-09"]
