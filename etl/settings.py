@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path(".data")
     # The embedded server's storage cache: a bound, not an allocation. A transaction's writes
-    # must fit in a fifth of it; 4G replaces a day of 100,000 groups (README, "Scale").
+    # must fit in a fifth of it: with 1G a day of 100,000 groups failed, with 4G it is
+    # replaced in one transaction (`python -m tests.bench.big_day`).
     embedded_cache: str = Field(default=EMBEDDED_CACHE, pattern=r"^[1-9][0-9]*[MG]$")
     source_db: str = "tiledesk"
     source_profile: ProfileName = "deployment"
