@@ -261,11 +261,14 @@ def rederive_months(
     # Without a transaction, every computed day of each month is marked dirty first: a write
     # cut short between deleting and inserting a month's levels (the levels by day included)
     # is redone by the next run, which rewrites the levels by day of the days it recomputes.
+    # Days already dirty stay so, for the next run to recompute: their rows may be half
+    # written, which deriving the month from them does not mend.
     marked: list[date] = []
     if session is None:
         wanted = set(months)
+        dirty = set(ledger.dirty_days(dbs, target.generation))
         covered = ledger.covered_days(dbs, target.generation)
-        marked = [day for day in covered if day.isoformat()[:7] in wanted]
+        marked = [day for day in covered if day.isoformat()[:7] in wanted and day not in dirty]
     ledger.mark_dirty(dbs, target.generation, marked, target.run_id)
     rollup.in_transaction(session, lambda: rollup.mark_whole(dbs, target, months, session))
     for month in months:

@@ -15,6 +15,7 @@ from etl.profiles import PROFILES, Profile, ProfileName
 
 EMBEDDED = "embedded"
 EMBEDDED_CACHE = "4G"
+CACHE_MB = (256, 1024 * 1024)
 # With the nightly run at 02:15, the data is at most about 26 hours old; 36 leaves it ten
 # hours to be late before the freshness check fails.
 DEFAULT_MAX_LAG_HOURS = 36.0
@@ -54,7 +55,7 @@ class Settings(BaseSettings):
     # The embedded server's storage cache: a bound, not an allocation. A transaction's writes
     # must fit in a fifth of it: with 1G a day of 100,000 groups failed, with 4G it is
     # replaced in one transaction (`python -m tests.bench.big_day`).
-    embedded_cache: str = Field(default=EMBEDDED_CACHE, pattern=r"^[1-9][0-9]*[MG]$")
+    embedded_cache: str = EMBEDDED_CACHE
     source_db: str = "tiledesk"
     source_profile: ProfileName = "deployment"
     rollup_db: str | None = None
@@ -93,6 +94,20 @@ class Settings(BaseSettings):
         if value not in known_zones():
             raise ValueError(f"unknown IANA time zone {value!r}")
         return value
+
+    @field_validator("embedded_cache")
+    @classmethod
+    def _cache_size(cls, value: str) -> str:
+        found = re.fullmatch(r"\s*([0-9]+)\s*([MG])B?\s*", value, re.IGNORECASE)
+        if found is None:
+            raise ValueError("a size such as 512M or 4G")
+        size, unit = int(found[1]), found[2].upper()
+        megabytes = size * (1024 if unit == "G" else 1)
+        # Below this the server stalls on its first transactions rather than failing;
+        # above, it refuses to start.
+        if not CACHE_MB[0] <= megabytes <= CACHE_MB[1]:
+            raise ValueError("between 256M and 1024G")
+        return f"{size}{unit}"
 
     @field_validator("metrics_token")
     @classmethod

@@ -448,3 +448,47 @@ def test_a_dirty_day_in_the_month_rederives_every_organization(dbs: Databases) -
     backfill(dbs, "2026-09-05", "2026-09-05", T0 + timedelta(hours=1))
     assert org_months(dbs) == {}
     assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
+
+
+def test_a_month_repair_leaves_days_another_run_left_dirty_for_the_next_run(
+    make_dbs: Callable[..., Databases], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without transactions, a run dies between deleting a day's rows and inserting them.
+    A repair of an earlier range re-derives the month from the rows as they are; it must
+    leave that day dirty, so the next nightly run recomputes it."""
+    from etl import rollup
+    from tests.factories import ORG_B
+
+    dbs = make_dbs()
+    dbs.transactions = False
+    placed = [(5, ORG_A), (20, ORG_A), (20, ORG_A), (20, ORG_B)]
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=datetime(2026, 9, d, 9), id_organization=o) for d, o in placed]
+    )
+    runner.run_backfill(dbs, date(2026, 9, 1), date(2026, 9, 30), T0, at(T0))
+
+    def killed(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(rollup, "descending", killed)
+    with pytest.raises(RuntimeError):
+        runner.run_backfill(dbs, date(2026, 9, 20), date(2026, 9, 20), T0, at(T0))
+    monkeypatch.undo()
+    assert ledger.dirty_days(dbs, 1) == [date(2026, 9, 20)]
+    assert dbs.usage_daily().count_documents({"day": "2026-09-20"}) == 0  # half written
+
+    runner.verify_range(dbs, date(2026, 9, 1), date(2026, 9, 10), T0, at(T0), repair=True)
+    assert ledger.dirty_days(dbs, 1) == [date(2026, 9, 20)]
+    later = T0 + timedelta(days=1)
+    runner.run_nightly(dbs, later, at(later))
+    assert ledger.dirty_days(dbs, 1) == []
+    rows = {
+        (row["org_id"], row["day"]): row["conversations"]
+        for row in dbs.usage_daily().find({}, {"org_id": 1, "day": 1, "conversations": 1})
+    }
+    assert rows == {
+        (str(ORG_A), "2026-09-05"): 1,
+        (str(ORG_A), "2026-09-20"): 2,
+        (str(ORG_B), "2026-09-20"): 1,
+    }
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []

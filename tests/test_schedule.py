@@ -141,6 +141,8 @@ def test_internal_org_ids_take_json_or_commas(
         ({"USAGE_READ_PREFERENCE": "nearestish"}, "USAGE_READ_PREFERENCE"),
         ({"USAGE_EMBEDDED_CACHE": "4 gigs"}, "USAGE_EMBEDDED_CACHE"),
         ({"USAGE_EMBEDDED_CACHE": "0G"}, "USAGE_EMBEDDED_CACHE"),
+        ({"USAGE_EMBEDDED_CACHE": "1M"}, "USAGE_EMBEDDED_CACHE"),
+        ({"USAGE_EMBEDDED_CACHE": "16384G"}, "USAGE_EMBEDDED_CACHE"),
     ],
 )
 def test_an_invalid_setting_names_itself(
@@ -150,6 +152,16 @@ def test_an_invalid_setting_names_itself(
         monkeypatch.setenv(key, value)
     with pytest.raises(SettingsError, match=f"^invalid setting {named}: "):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("given", "passed"), [("4G", "4G"), ("512mb", "512M"), (" 8 gb ", "8G"), ("256M", "256M")]
+)
+def test_cache_sizes_are_read_as_the_server_takes_them(
+    monkeypatch: pytest.MonkeyPatch, given: str, passed: str
+) -> None:
+    monkeypatch.setenv("USAGE_EMBEDDED_CACHE", given)
+    assert load_settings().embedded_cache == passed
 
 
 @pytest.mark.parametrize(
