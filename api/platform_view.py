@@ -11,7 +11,6 @@ and the total is Other and the page together. The figures are those of `api.usag
 over every line, which the tests check.
 """
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -155,10 +154,8 @@ def split(placed: list[Placed], chosen: set[str], excluded: set[str], buckets: i
             if org in chosen:
                 on_page.append(n)
             blob = blobs[n]
-            if blob is not None:
+            if blob:
                 total.entries[index].append((org, key, blob))
-                if org not in chosen:
-                    rest.entries[index].append((org, key, blob))
         kept = len(orgs) - len(left_out)
         total.rows[index] += kept
         rest.rows[index] += kept - len(on_page)
@@ -168,12 +165,22 @@ def split(placed: list[Placed], chosen: set[str], excluded: set[str], buckets: i
             total.sums[index][name] += everyone
             rest.sums[index][name] += everyone - sum(column[n] for n in on_page)
         total.keys[index].add(key)
-        rest.keys[index].add(key)
-    return Split(page_cells(placed, chosen, buckets), rest.cells(), total.cells())
+    # Other's sketches are the total's but the page's: both united in one pass, each sketch
+    # read once.
+    rest_cells, total_cells = [], []
+    for n, entries in enumerate(total.entries):
+        # One period's chunks are in organization order already; several periods' are not.
+        ordered = sorted(entries) if len(total.keys[n]) > 1 else entries
+        every, others = sketches.union_and_part(
+            (blob, org not in chosen) for org, _, blob in ordered
+        )
+        total_cells.append(pooled(total.sums[n], total.rows[n], every))
+        rest_cells.append(pooled(rest.sums[n], rest.rows[n], others))
+    return Split(page_cells(placed, chosen, buckets), rest_cells, total_cells)
 
 
 class Pool:
-    """Per bucket, the measures, rows and sketches of a set of organizations."""
+    """Per bucket, the measures and rows of a set of organizations, and their sketches."""
 
     def __init__(self, buckets: int) -> None:
         self.sums = [dict.fromkeys(MEASURES, 0) for _ in range(buckets)]
@@ -181,19 +188,11 @@ class Pool:
         self.entries: list[list[tuple[str, str, bytes]]] = [[] for _ in range(buckets)]
         self.keys: list[set[str]] = [set() for _ in range(buckets)]
 
-    def cells(self) -> list[Cell]:
-        cells = []
-        for n, entries in enumerate(self.entries):
-            # One period's chunks are in organization order already; several periods' are not.
-            ordered = sorted(entries) if len(self.keys[n]) > 1 else entries
-            cells.append(pooled(self.sums[n], self.rows[n], (blob for _, _, blob in ordered)))
-        return cells
 
-
-def pooled(sums: dict[str, int], rows: int, blobs: Iterable[bytes]) -> Cell:
+def pooled(sums: dict[str, int], rows: int, union: sketches.Union) -> Cell:
     cell = Cell()
     cell.sums = sums
     cell.rows = rows
     cell.derived = True
-    cell.pool(sketches.union(blobs))
+    cell.pool(union)
     return cell
