@@ -11,6 +11,8 @@ and the total is Other and the page together. The figures are those of `api.usag
 over every line, which the tests check.
 """
 
+import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -144,18 +146,10 @@ def split(placed: list[Placed], chosen: set[str], excluded: set[str], buckets: i
     total = Pool(buckets)
     rest = Pool(buckets)
     for index, doc in placed:
-        orgs, blobs, key = doc["orgs"], doc[USERS_HLL], doc["key"]
-        left_out: list[int] = []  # positions of excluded organizations
-        on_page: list[int] = []
-        for n, org in enumerate(orgs):
-            if org in excluded:
-                left_out.append(n)
-                continue
-            if org in chosen:
-                on_page.append(n)
-            blob = blobs[n]
-            if blob:
-                total.entries[index].append((org, key, blob))
+        orgs = doc["orgs"]
+        left_out = positions(orgs, excluded)
+        skipped = set(left_out)
+        on_page = [n for n in positions(orgs, chosen) if n not in skipped]
         kept = len(orgs) - len(left_out)
         total.rows[index] += kept
         rest.rows[index] += kept - len(on_page)
@@ -164,28 +158,61 @@ def split(placed: list[Placed], chosen: set[str], excluded: set[str], buckets: i
             everyone = sum(column) - sum(column[n] for n in left_out)
             total.sums[index][name] += everyone
             rest.sums[index][name] += everyone - sum(column[n] for n in on_page)
-        total.keys[index].add(key)
+        total.docs[index].append((doc, skipped, set(on_page)))
+        total.keys[index].add(doc["key"])
     # Other's sketches are the total's but the page's: both united in one pass, each sketch
     # read once.
     rest_cells, total_cells = [], []
-    for n, entries in enumerate(total.entries):
-        # One period's chunks are in organization order already; several periods' are not.
-        ordered = sorted(entries) if len(total.keys[n]) > 1 else entries
-        every, others = sketches.union_and_part(
-            (blob, org not in chosen) for org, _, blob in ordered
-        )
+    for n, docs in enumerate(total.docs):
+        every, others = sketches.union_and_part(flagged_blobs(docs, len(total.keys[n]) > 1))
         total_cells.append(pooled(total.sums[n], total.rows[n], every))
         rest_cells.append(pooled(rest.sums[n], rest.rows[n], others))
     return Split(page_cells(placed, chosen, buckets), rest_cells, total_cells)
 
 
+def positions(orgs: list[str], wanted: set[str]) -> list[int]:
+    """The positions in `orgs` (a document's ids, in ascending order) of those `wanted`."""
+    if len(wanted) * 16 > len(orgs):
+        return [n for n, org in enumerate(orgs) if org in wanted]
+    found = []
+    for org in wanted:
+        n = bisect.bisect_left(orgs, org)
+        if n < len(orgs) and orgs[n] == org:
+            found.append(n)
+    return sorted(found)
+
+
+Pooled = tuple[Doc, set[int], set[int]]  # a document, its positions left out and on the page
+
+
+def flagged_blobs(docs: list[Pooled], several_periods: bool) -> Iterator[tuple[bytes, bool]]:
+    """The sketches of a bucket's organizations but those left out, by organization id then
+    period, each flagged true unless on the page. One period's documents are in organization
+    order already; several periods' are not."""
+    if not several_periods:
+        for doc, skipped, on_page in docs:
+            for n, blob in enumerate(doc[USERS_HLL]):
+                if blob and n not in skipped:
+                    yield blob, n not in on_page
+        return
+    entries = [
+        (doc["orgs"][n], doc["key"], blob, n not in on_page)
+        for doc, skipped, on_page in docs
+        for n, blob in enumerate(doc[USERS_HLL])
+        if blob and n not in skipped
+    ]
+    entries.sort(key=lambda entry: entry[:3])
+    for _, _, blob, flag in entries:
+        yield blob, flag
+
+
 class Pool:
-    """Per bucket, the measures and rows of a set of organizations, and their sketches."""
+    """Per bucket, the measures and rows of a set of organizations, and their documents."""
 
     def __init__(self, buckets: int) -> None:
         self.sums = [dict.fromkeys(MEASURES, 0) for _ in range(buckets)]
         self.rows = [0] * buckets
-        self.entries: list[list[tuple[str, str, bytes]]] = [[] for _ in range(buckets)]
+        self.docs: list[list[Pooled]] = [[] for _ in range(buckets)]
         self.keys: list[set[str]] = [set() for _ in range(buckets)]
 
 

@@ -248,3 +248,17 @@ def test_a_figure_over_the_same_stored_rows_is_the_same_whatever_line_it_is_on(s
     row = alone.rows[0].total().doc(with_users=True)
     assert alone.total.total().doc(with_users=True) == row
     assert paged.other is not None and paged.other.total().doc(with_users=True) == row
+
+
+def test_positions_of_a_few_ids_are_found_as_a_scan_finds_them() -> None:
+    """A few ids are looked up by bisection in a document's sorted ids, many by a scan: both
+    give the positions a plain scan gives, ids absent from the document ignored."""
+    from api.platform_view import positions
+
+    rng = random.Random(5)
+    for _ in range(200):
+        orgs = sorted({f"{rng.randrange(16**6):024x}" for _ in range(rng.randrange(0, 400))})
+        wanted = set(rng.sample(orgs, min(len(orgs), rng.randrange(0, 8))))
+        wanted |= {f"{rng.randrange(16**6):024x}" for _ in range(rng.randrange(0, 4))}
+        expected = [n for n, org in enumerate(orgs) if org in wanted]
+        assert positions(orgs, wanted) == expected
