@@ -103,8 +103,8 @@ class Settings(BaseSettings):
             raise ValueError("a size such as 512M or 4G")
         size, unit = int(found[1]), found[2].upper()
         megabytes = size * (1024 if unit == "G" else 1)
-        # Below this the server stalls on its first transactions rather than failing;
-        # above, it refuses to start.
+        # Below the floor the server stalls on its first transactions rather than failing
+        # (1M did); far above the ceiling it refuses to start (16384G did).
         if not CACHE_MB[0] <= megabytes <= CACHE_MB[1]:
             raise ValueError("between 256M and 1024G")
         return f"{size}{unit}"
