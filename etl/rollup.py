@@ -186,8 +186,14 @@ def derive_months(
     elif orgs is not None:
         of_orgs = {"org_id": {"$in": sorted(orgs)}}
     for month in sorted(set(months)):
-        rows = list(daily.find({**month_filter(month), **of_orgs}, session=session))
         rewritten = month_days(month) if days is None else [d for d in days if d[:7] == month]
+        # The levels by day of a few days need those days' rows, not the month's.
+        span = month_filter(month)
+        if not by_month and rewritten:
+            span = {"day": {"$gte": min(rewritten), "$lte": max(rewritten)}}
+        elif not by_month:
+            continue
+        rows = list(daily.find({**span, **of_orgs}, session=session))
         derived: dict[lattice.Level, list[Doc]] = {}
         for level in lattice.LEVELS:
             if (level.period == "month" and not by_month) or (
