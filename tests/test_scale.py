@@ -1,7 +1,9 @@
 """Paths taken only at scale: many organizations on the days a run replaces, and names read
 for every organization. Each is forced here by lowering the threshold that selects it."""
 
+import contextlib
 import random
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -27,6 +29,21 @@ def org_months(dbs: Databases) -> dict[tuple[str, str], int]:
         (row["org_id"], row["month"]): row["conversations"]
         for row in dbs.level("usage_org_monthly").find()
     }
+
+
+def september_by_level(dbs: Databases) -> list[dict[str, int]]:
+    """Conversations of each organization in September 2026, by the organization level, the
+    (organization, agent) level summed, and the platform level."""
+    by_agent: dict[str, int] = {}
+    for (org, _), n in agent_months(dbs).items():
+        by_agent[org] = by_agent.get(org, 0) + n
+    by_org = {org: n for (org, month), n in org_months(dbs).items() if month == "2026-09"}
+    platform = {
+        org: figures["conversations"]
+        for (key, org), figures in platform_figures(dbs).items()
+        if key == "2026-09"
+    }
+    return [by_org, by_agent, platform]
 
 
 def agent_months(dbs: Databases) -> dict[tuple[str, str], int]:
@@ -443,19 +460,29 @@ def test_the_last_part_derives_the_months_of_organizations_only_on_earlier_parts
     )
     backfill(dbs, "2026-09-01", "2026-09-30", T0)
     expected = {str(ORGS[0]): 2, str(ORGS[1]): 1, str(ORGS[2]): 1}
-    assert {org: n for (org, _), n in org_months(dbs).items()} == expected
-    assert {org: n for (org, _), n in agent_months(dbs).items()} == expected
-    platform_months = {
-        org: figures["conversations"]
-        for (key, org), figures in platform_figures(dbs).items()
-        if key == "2026-09"
-    }
-    assert platform_months == expected
+    assert september_by_level(dbs) == [expected] * 3
     assert rollup.stale_months(dbs, 1) == []
     assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
 
 
 # --- a month derived in ranges of organizations ------------------------------------------------
+
+
+@contextlib.contextmanager
+def killed_after_one_range(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The run inside dies as it derives the second range of organizations of a month."""
+    real, calls = rollup.derive_marked, []
+
+    def dies_after_one(*args: Any, **kwargs: Any) -> None:
+        calls.append(args[3])
+        if len(calls) > 1:
+            raise RuntimeError("killed")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(rollup, "derive_marked", dies_after_one)
+    with pytest.raises(RuntimeError, match="killed"):
+        yield
+    monkeypatch.setattr(rollup, "derive_marked", real)
 
 
 def test_ranges_of_organizations_cover_every_id_within_the_bound(make_dbs: Any) -> None:
@@ -504,18 +531,8 @@ def test_a_month_cut_short_between_its_ranges_is_read_from_its_days_until_derive
     dbs.source.requests.insert_many(
         [make_request(createdAt=datetime(2026, 9, d, 9), id_organization=ORGS[1]) for d in (5, 6)]
     )
-    real, calls = rollup.derive_marked, []
-
-    def dies_after_one(*args: Any, **kwargs: Any) -> None:
-        calls.append(args[3])
-        if len(calls) > 1:
-            raise RuntimeError("killed")
-        real(*args, **kwargs)
-
-    monkeypatch.setattr(rollup, "derive_marked", dies_after_one)
-    with pytest.raises(RuntimeError):
+    with killed_after_one_range(monkeypatch):
         backfill(dbs, "2026-09-01", "2026-09-30", T0 + timedelta(hours=1))
-    monkeypatch.setattr(rollup, "derive_marked", real)
     assert rollup.stale_months(dbs, 1) == ["2026-09"]
     expected = {str(ORGS[0]): 1, str(ORGS[1]): 3, str(ORGS[2]): 1}
     service = UsageService(dbs, 0)
@@ -526,18 +543,13 @@ def test_a_month_cut_short_between_its_ranges_is_read_from_its_days_until_derive
 
     runner.run_nightly(dbs, T0 + timedelta(hours=2), lambda: T0 + timedelta(hours=2))
     assert rollup.stale_months(dbs, 1) == []
-    assert {org: n for (org, _), n in org_months(dbs).items()} == expected
-    assert {org: n for (org, _), n in agent_months(dbs).items()} == expected
-    platform_months = {
-        org: figures["conversations"]
-        for (key, org), figures in platform_figures(dbs).items()
-        if key == "2026-09"
-    }
-    assert platform_months == expected
+    assert september_by_level(dbs) == [expected] * 3
     assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
 
 
-def month_in_ranges(make_dbs: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Databases, dict]:
+def month_in_ranges(
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Databases, dict[str, int]]:
     """A month of four organizations backfilled one organization a range."""
     monkeypatch.setattr(rollup, "LONG_IN", 1)
     dbs: Databases = make_dbs(transaction_rows=1)
@@ -561,18 +573,8 @@ def test_repair_rewrites_a_drifted_month_in_ranges_and_a_cut_short_repair_is_fin
         dbs.level(collection).update_many({}, {"$inc": {"conversations": 5}})
     first, last = date(2026, 9, 1), date(2026, 9, 30)
     assert verify.find_month_drift(dbs, first, last) == ["2026-09"]
-    real, calls = rollup.derive_marked, []
-
-    def dies_after_one(*args: Any, **kwargs: Any) -> None:
-        calls.append(args[3])
-        if len(calls) > 1:
-            raise RuntimeError("killed")
-        real(*args, **kwargs)
-
-    monkeypatch.setattr(rollup, "derive_marked", dies_after_one)
-    with pytest.raises(RuntimeError):
+    with killed_after_one_range(monkeypatch):
         runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
-    monkeypatch.setattr(rollup, "derive_marked", real)
     assert rollup.stale_months(dbs, 1) == ["2026-09"]
     query = resolve(dbs, {"start": "2026-09-01", "end": "2026-09-30", "granularity": "month"})
     body = UsageService(dbs, 0).report(query)
