@@ -10,8 +10,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from bson import Binary
-from pymongo import ASCENDING
+from pymongo import ASCENDING, InsertOne, ReplaceOne
 from pymongo.client_session import ClientSession
+from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from etl import lattice, ledger, platform, runs, sketches, source
@@ -140,6 +141,44 @@ def month_filter(month: str) -> Doc:
     return {"day": {"$gte": f"{month}-01", "$lte": f"{month}-31"}}
 
 
+def replace_rows(
+    stored: Collection[Doc], query: Doc, rows: list[Doc], session: ClientSession | None
+) -> None:
+    """Make the rows `query` matches exactly `rows` (each with its `_id`): a stored row
+    equal to its new one stays as it is, the others are replaced, inserted or deleted.
+
+    A nightly run derives the month of every organization on its days again, and most of
+    those rows come out as they were: on the embedded server, deleting and inserting a row
+    costs about a millisecond, reading it a tenth of that."""
+    old = {doc["_id"]: doc for doc in stored.find(query, session=session)}
+    stored_count = len(old)
+    if not old:
+        if rows:
+            stored.insert_many(rows, ordered=False, session=session)
+        return
+    writes: list[InsertOne[Doc] | ReplaceOne[Doc]] = []
+    for row in rows:
+        have = old.pop(row["_id"], None)
+        if have is None:
+            writes.append(InsertOne(row))
+        elif plain(have) != plain(row):
+            writes.append(ReplaceOne({"_id": row["_id"]}, row))
+    gone = sorted(old)
+    if len(gone) == stored_count:
+        stored.delete_many(query, session=session)
+    else:
+        for start in range(0, len(gone), LONG_IN):
+            ids = gone[start : start + LONG_IN]
+            stored.delete_many({"_id": {"$in": ids}}, session=session)
+    if writes:
+        stored.bulk_write(writes, ordered=False, session=session)
+
+
+def plain(doc: Doc) -> Doc:
+    """`doc` with its binary values as bytes, as they are read back."""
+    return {key: bytes(v) if isinstance(v, bytes) else v for key, v in doc.items()}
+
+
 @dataclass(frozen=True)
 class OrgRange:
     """The organization ids from `first` (included) to `below` (excluded; None: no end)."""
@@ -205,10 +244,8 @@ def derive_months(
             if days is not None and level.period == "day":
                 selected = [row for row in rows if row["day"] in days]
                 which = {"day": {"$in": rewritten}}
-            stored.delete_many({**which, **of_orgs}, session=session)
             derived[level] = lattice.summarize(selected, level)
-            if derived[level]:
-                stored.insert_many(derived[level], ordered=False, session=session)
+            replace_rows(stored, {**which, **of_orgs}, derived[level], session)
         by_day: dict[str, list[Doc]] = {day: [] for day in rewritten}
         for row in derived.get(lattice.ORG_DAILY, []):
             by_day[row["day"]].append(row)

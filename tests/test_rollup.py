@@ -3,6 +3,7 @@
 import contextlib
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import pytest
 from bson import ObjectId
@@ -346,3 +347,49 @@ def test_parts_the_server_ends_are_saved_again_in_halves_down_to_a_day() -> None
 
     with pytest.raises(rollup.TransactionTooLong, match="replacing 2026-10-01 in one"):
         rollup.save_in_parts([days[:3]], never)
+
+
+@pytest.mark.parametrize("long_in", [1, 200])
+def test_rows_are_replaced_by_writing_only_those_that_differ(
+    dbs: Databases, monkeypatch: pytest.MonkeyPatch, long_in: int
+) -> None:
+    """The rows a query matches become exactly the new rows; a stored row equal to its new
+    one (binary fields read back as bytes) is not written again; past LONG_IN, the rows gone
+    are deleted a list at a time; with none kept, by the query."""
+    from bson import Binary
+
+    monkeypatch.setattr(rollup, "LONG_IN", long_in)
+    stored = dbs.level("usage_org_monthly")
+    sketch = Binary(b"\x01\x02")
+    same = {"_id": "a", "month": "2026-09", "conversations": 1, "users_hll": sketch}
+    changed = {"_id": "b", "month": "2026-09", "conversations": 2}
+    stored.insert_many(
+        [
+            same,
+            {**changed, "conversations": 1},
+            {"_id": "c", "month": "2026-09", "conversations": 3},
+            {"_id": "d", "month": "2026-09", "conversations": 4},
+            {"_id": "x", "month": "2026-10", "conversations": 5},
+        ]
+    )
+    written: list[object] = []
+    real = type(stored).bulk_write
+
+    def recorded(self: Any, requests: list[object], *args: Any, **kwargs: Any) -> Any:
+        written.extend(requests)
+        return real(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(type(stored), "bulk_write", recorded)
+    new = {"_id": "e", "month": "2026-09", "conversations": 6}
+    rollup.replace_rows(stored, {"month": "2026-09"}, [dict(same), changed, new], None)
+    assert sorted(stored.find(), key=lambda row: row["_id"]) == [
+        {**same, "users_hll": b"\x01\x02"},
+        changed,
+        new,
+        {"_id": "x", "month": "2026-10", "conversations": 5},
+    ]
+    assert sorted(str(getattr(op, "_doc", None)) for op in written) == sorted(
+        str(row) for row in (changed, new)
+    )
+    rollup.replace_rows(stored, {"month": "2026-09"}, [], None)
+    assert [row["_id"] for row in stored.find()] == ["x"]
