@@ -355,17 +355,20 @@ def test_rows_are_replaced_by_writing_only_those_that_differ(
 ) -> None:
     """The rows a query matches become exactly the new rows; a stored row equal to its new
     one (binary fields read back as bytes) is not written again; past LONG_IN, the rows gone
-    are deleted a list at a time; with none kept, by the query."""
+    are deleted a list at a time. With none kept, or most changed, all are deleted by the
+    query and inserted."""
     from bson import Binary
 
     monkeypatch.setattr(rollup, "LONG_IN", long_in)
     stored = dbs.level("usage_org_monthly")
     sketch = Binary(b"\x01\x02")
     same = {"_id": "a", "month": "2026-09", "conversations": 1, "users_hll": sketch}
+    alike = [{"_id": f"a{n}", "month": "2026-09", "conversations": n} for n in range(3)]
     changed = {"_id": "b", "month": "2026-09", "conversations": 2}
     stored.insert_many(
         [
             same,
+            *alike,
             {**changed, "conversations": 1},
             {"_id": "c", "month": "2026-09", "conversations": 3},
             {"_id": "d", "month": "2026-09", "conversations": 4},
@@ -381,9 +384,11 @@ def test_rows_are_replaced_by_writing_only_those_that_differ(
 
     monkeypatch.setattr(type(stored), "bulk_write", recorded)
     new = {"_id": "e", "month": "2026-09", "conversations": 6}
-    rollup.replace_rows(stored, {"month": "2026-09"}, [dict(same), changed, new], None)
+    rows = [dict(same), *[dict(row) for row in alike], changed, new]
+    rollup.replace_rows(stored, {"month": "2026-09"}, rows, None)
     assert sorted(stored.find(), key=lambda row: row["_id"]) == [
         {**same, "users_hll": b"\x01\x02"},
+        *alike,
         changed,
         new,
         {"_id": "x", "month": "2026-10", "conversations": 5},
@@ -391,5 +396,12 @@ def test_rows_are_replaced_by_writing_only_those_that_differ(
     assert sorted(str(getattr(op, "_doc", None)) for op in written) == sorted(
         str(row) for row in (changed, new)
     )
+    written.clear()
+    most = [{**row, "conversations": 9} for row in rows[:4]]
+    rollup.replace_rows(stored, {"month": "2026-09"}, most, None)
+    assert written == []
+    assert sorted(stored.find(), key=lambda row: row["_id"]) == [
+        {**row, "users_hll": b"\x01\x02"} if "users_hll" in row else row for row in most
+    ] + [{"_id": "x", "month": "2026-10", "conversations": 5}]
     rollup.replace_rows(stored, {"month": "2026-09"}, [], None)
     assert [row["_id"] for row in stored.find()] == ["x"]
