@@ -336,11 +336,7 @@ def mark_whole(
     dbs: Databases, target: Target, months: Iterable[str], session: ClientSession | None
 ) -> None:
     """Mark `months` stale whole, so that readers read them from their days."""
-    stale = dbs.level(USAGE_STALE_MONTHS, target.generation)
-    for month in sorted(set(months)):
-        stale.replace_one(
-            {"_id": month}, {"_id": month, "whole": True}, upsert=True, session=session
-        )
+    mark_stale(dbs, target.generation, set(months), None, False, session)
     if target.served:
         ledger.bump(dbs.rollup, target.generation, session)
 
