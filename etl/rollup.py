@@ -30,6 +30,10 @@ from etl.settings import Settings
 # batch re-derives one month's totals; a month of rows stays far below transaction limits.
 BATCH_DAYS = 31
 MEASURES = lattice.MEASURES
+# Most organizations a stale mark names; past them it marks the whole month. A month derived
+# for named organizations reads their rows by lists of ids; past a few thousand of them,
+# reading every organization's in ranges of ids costs less.
+MARKED_ORGS = 3000
 TRANSACTION_ATTEMPTS = 3
 T = TypeVar("T")
 log = logging.getLogger("usage.rollup")
@@ -142,17 +146,18 @@ def month_filter(month: str) -> Doc:
 
 
 def replace_rows(
-    stored: Collection[Doc], query: Doc, rows: list[Doc], session: ClientSession | None
+    stored: Collection[Doc], queries: list[Doc], rows: list[Doc], session: ClientSession | None
 ) -> None:
-    """Make the rows `query` matches exactly `rows` (each with its `_id`): a stored row
-    equal to its new one stays as it is, the others are replaced, inserted or deleted.
+    """Make the rows `queries` match (together; no row matched by two) exactly `rows` (each
+    with its `_id`): a stored row equal to its new one stays as it is, the others are
+    replaced, inserted or deleted.
 
-    A nightly run derives the month of every organization on its days again, and most of
-    those rows come out as they were: on the embedded server, deleting and inserting a row
-    costs several times reading it. Replacing a row costs more than deleting and inserting
+    A month derived again whole (a repair, a run finishing one cut short) mostly comes out as
+    it was: on the embedded server, deleting and inserting a row costs several times reading
+    it. Replacing a row costs more than deleting and inserting
     it, so when more than half the rows change, all are deleted and inserted instead."""
-    old = {doc["_id"]: doc for doc in stored.find(query, session=session)}
-    stored_count = len(old)
+    old = {doc["_id"]: doc for query in queries for doc in stored.find(query, session=session)}
+    stored_ids = sorted(old)
     writes: list[InsertOne[Doc] | ReplaceOne[Doc]] = []
     for row in rows:
         have = old.pop(row["_id"], None)
@@ -161,17 +166,23 @@ def replace_rows(
         elif plain(have) != plain(row):
             writes.append(ReplaceOne({"_id": row["_id"]}, row))
     gone = sorted(old)
-    if len(gone) == stored_count or len(writes) > len(rows) // 2:
-        if stored_count:
-            stored.delete_many(query, session=session)
+    if len(gone) == len(stored_ids) or len(writes) > len(rows) // 2:
+        # One query deletes its rows by its index; many, by the ids read.
+        if len(queries) == 1 and stored_ids:
+            stored.delete_many(queries[0], session=session)
+        else:
+            delete_ids(stored, stored_ids, session)
         if rows:
             stored.insert_many(rows, ordered=False, session=session)
         return
-    for start in range(0, len(gone), LONG_IN):
-        ids = gone[start : start + LONG_IN]
-        stored.delete_many({"_id": {"$in": ids}}, session=session)
+    delete_ids(stored, gone, session)
     if writes:
         stored.bulk_write(writes, ordered=False, session=session)
+
+
+def delete_ids(stored: Collection[Doc], ids: list[Any], session: ClientSession | None) -> None:
+    for start in range(0, len(ids), LONG_IN):
+        stored.delete_many({"_id": {"$in": ids[start : start + LONG_IN]}}, session=session)
 
 
 def plain(doc: Doc) -> Doc:
@@ -206,6 +217,7 @@ def derive_months(
     days: list[str] | None = None,
     orgs: set[str] | OrgRange | None = None,
     by_month: bool = True,
+    most_rows: int | None = None,
 ) -> None:
     """Rewrite every coarser level of `months` from the daily rows, never by differences.
 
@@ -219,20 +231,22 @@ def derive_months(
     month lag the day rows until they are derived again (see `mark_stale`).
     """
     daily = dbs.usage_daily(generation)
-    of_orgs: Doc = {}
-    if isinstance(orgs, OrgRange):
-        of_orgs = orgs.query()
-    elif orgs is not None:
-        of_orgs = {"org_id": {"$in": sorted(orgs)}}
+    if orgs is not None and not orgs:
+        return
+    of_orgs = org_queries(orgs)
     for month in sorted(set(months)):
         rewritten = month_days(month) if days is None else [d for d in days if d[:7] == month]
         # The levels by day of a few days need those days' rows, not the month's.
-        span = month_filter(month)
-        if not by_month and rewritten:
-            span = {"day": {"$gte": min(rewritten), "$lte": max(rewritten)}}
-        elif not by_month:
+        if not by_month and not rewritten:
             continue
-        rows = list(daily.find({**span, **of_orgs}, session=session))
+        span = month_filter(month)
+        if not by_month:
+            span = {"day": {"$gte": min(rewritten), "$lte": max(rewritten)}}
+        # The organizations first: given two ranges, the embedded server rides the index of
+        # the filter's first field (MongoDB is indifferent to the order).
+        rows = [row for of in of_orgs for row in daily.find({**of, **span}, session=session)]
+        if isinstance(orgs, set) and len(orgs) > 1 and len(rows) > (most_rows or len(rows)):
+            raise TooManyRows(orgs)
         derived: dict[lattice.Level, list[Doc]] = {}
         for level in lattice.LEVELS:
             if (level.period == "month" and not by_month) or (
@@ -245,13 +259,28 @@ def derive_months(
                 selected = [row for row in rows if row["day"] in days]
                 which = {"day": {"$in": rewritten}}
             derived[level] = lattice.summarize(selected, level)
-            replace_rows(stored, {**which, **of_orgs}, derived[level], session)
+            queries = [{**of, **which} for of in of_orgs]
+            replace_rows(stored, queries, derived[level], session)
         by_day: dict[str, list[Doc]] = {day: [] for day in rewritten}
         for row in derived.get(lattice.ORG_DAILY, []):
             by_day[row["day"]].append(row)
         months_rows = {month: derived[lattice.ORG_MONTHLY]} if by_month else {}
         stored = dbs.level(USAGE_PLATFORM, generation)
         platform.write_levels(stored, by_day, months_rows, session, orgs)
+
+
+def org_queries(orgs: set[str] | OrgRange | None) -> list[Doc]:
+    """Filters that together select the rows of `orgs` (None: every organization): one
+    for each organization of a set.
+
+    With a period beside it, each uses the (organization, period) index on any server: a
+    list of ids and a period is read on the embedded server through the organization alone,
+    every month of each one's history. A query an organization costs a round trip each."""
+    if orgs is None:
+        return [{}]
+    if isinstance(orgs, OrgRange):
+        return [orgs.query()]
+    return [{"org_id": org} for org in sorted(orgs)]
 
 
 def mark_stale(
@@ -267,7 +296,7 @@ def mark_stale(
     month in its own transaction.
 
     A part that leaves the levels by month behind (`by_month` false) marks its months with
-    the organizations it wrote (past LONG_IN of them, or not knowing, the whole month). The
+    the organizations it wrote (past MARKED_ORGS of them, or not knowing, the whole month). The
     part that would derive them (`by_month`) adds the marked organizations to its own. If
     they are few (LONG_IN), it derives them itself and clears the marks; else it marks the
     months as well, and `derive_stale` derives them after it, in transactions bounded by
@@ -294,7 +323,7 @@ def mark_stale(
             None if orgs is None or earlier.get("whole") else orgs | set(earlier.get("orgs", ()))
         )
         mark: Doc = {"_id": month, "whole": True}
-        if named is not None and len(named) <= LONG_IN:
+        if named is not None and len(named) <= MARKED_ORGS:
             mark = {"_id": month, "orgs": sorted(named)}
         stale.replace_one({"_id": month}, mark, upsert=True, session=session)
     return orgs, False
@@ -317,19 +346,14 @@ def derive_stale(
     heartbeat: Callable[[], None] | None = None,
 ) -> None:
     """Derive the levels by month of those of `months` marked stale, and clear their marks:
-    the organizations a mark names in one transaction, a whole month in ranges (see
-    `derive_in_ranges`)."""
+    the organizations a mark names, or a whole month, in parts (see `derive_in_ranges`)."""
     stale = dbs.level(USAGE_STALE_MONTHS, target.generation)
     for month in sorted(set(months)):
         mark = stale.find_one({"_id": month})
         if mark is None:
             continue
-        if mark.get("whole"):
-            derive_in_ranges(dbs, target, month, [], session, heartbeat)
-        else:
-            orgs = set(mark.get("orgs", ()))
-            write = functools.partial(derive_marked, dbs, target, month, orgs, [], True, session)
-            in_transaction(session, write)
+        named = None if mark.get("whole") else set(mark.get("orgs", ()))
+        derive_in_ranges(dbs, target, month, [], session, heartbeat, named)
 
 
 def mark_whole(
@@ -348,29 +372,40 @@ def derive_in_ranges(
     days: list[str] | None,
     session: ClientSession | None,
     heartbeat: Callable[[], None] | None = None,
+    named: set[str] | None = None,
 ) -> None:
-    """Derive a month marked stale whole in ranges of organization ids of at most
-    `transaction_rows` day rows each (an organization is never split), one transaction each:
-    its levels by month, and with `days` None its levels by day too.
+    """Derive a month marked stale, whole or for the organizations `named`, in parts of at
+    most `transaction_rows` day rows each (an organization is never split), one transaction
+    each: its levels by month, and with `days` None its levels by day too. A whole month is
+    derived in ranges of organization ids; named organizations together, or in halves of
+    them while they hold more day rows than that.
 
-    The mark stays until the last range, so that readers read the month from its days until
-    every range is written, and a run cut short leaves it for the next run. The lease is
-    renewed before each range (`heartbeat`). A range the server ended as too long is derived
-    again in smaller ranges, down to a single organization."""
+    The mark stays until the last part, so that readers read the month from its days until
+    every part is written, and a run cut short leaves it for the next run. The lease is
+    renewed before each part (`heartbeat`). A part the server ended as too long is derived
+    again in smaller parts, down to a single organization."""
     bound = dbs.settings.transaction_rows
-    pending = list(org_ranges(dbs, target.generation, month, bound))
+    pending: list[set[str] | OrgRange] = []
+    if named is None:
+        pending.extend(org_ranges(dbs, target.generation, month, bound))
+    else:
+        pending.append(named)
     while pending:
         orgs = pending.pop(0)
         if heartbeat:
             heartbeat()
         write = functools.partial(
-            derive_marked, dbs, target, month, orgs, days, not pending, session
+            derive_marked, dbs, target, month, orgs, days, not pending, session, bound
         )
         try:
             in_transaction(session, write)
+        except TooManyRows as exc:
+            pending[:0] = halves(exc.orgs)
         except TransactionTooLong as exc:
             smaller = [orgs]
-            while len(smaller) == 1 and bound > 1:
+            if isinstance(orgs, set) and len(orgs) > 1:
+                smaller = halves(orgs)
+            while isinstance(orgs, OrgRange) and len(smaller) == 1 and bound > 1:
                 bound //= 2
                 smaller = list(org_ranges(dbs, target.generation, month, bound, orgs))
             if len(smaller) == 1:
@@ -386,6 +421,20 @@ def derive_in_ranges(
             pending[:0] = smaller
 
 
+def halves(orgs: set[str]) -> list[set[str] | OrgRange]:
+    ids = sorted(orgs)
+    return [set(ids[: len(ids) // 2]), set(ids[len(ids) // 2 :])]
+
+
+class TooManyRows(Exception):
+    """Organizations named together hold more day rows than a transaction may: derived again
+    in halves (no count is read beforehand: that would cost a query an organization)."""
+
+    def __init__(self, orgs: set[str]) -> None:
+        super().__init__(f"{len(orgs)} organizations hold more day rows than a transaction may")
+        self.orgs = orgs
+
+
 def derive_marked(
     dbs: Databases,
     target: Target,
@@ -394,10 +443,12 @@ def derive_marked(
     days: list[str] | None,
     last: bool,
     session: ClientSession | None,
+    most_rows: int | None = None,
 ) -> None:
     """Derive `orgs`' levels of a stale `month` (by month; with `days` None, by day too);
-    the `last` of them clears its mark."""
-    derive_months(dbs, target.generation, [month], session, days, orgs)
+    the `last` of them clears its mark. More than one organization named holding more than
+    `most_rows` day rows raise TooManyRows, before anything is written."""
+    derive_months(dbs, target.generation, [month], session, days, orgs, most_rows=most_rows)
     if last:
         clear_stale(dbs, target.generation, [month], session)
         if target.served:
@@ -481,26 +532,32 @@ def save_days(
     }
 
     def replace() -> int:
-        old = list(usage.find({"day": {"$in": labels}}, {"org_id": 1}, session=session))
+        old = list(usage.find({"day": {"$in": labels}}, session=session))
         old_ids = {doc["_id"] for doc in old}
         months = {label[:7] for label in labels}
         # In a transaction the levels agreed with the day rows before it (unless a run
-        # without one left a day dirty), so only the organizations with day rows on these
-        # days, before or after, need theirs re-derived: a nightly run over a few days of a
-        # platform with many small organizations rewrites a few of their months, not all.
+        # without one left a day dirty), so only the organizations whose day rows on these
+        # days changed need theirs re-derived, and only the days that changed rewritten: a
+        # nightly run over a few days of a platform with many small organizations rewrites
+        # the months of the organizations active since the last run, not every one.
         # Without a transaction, a run that died half-way may have left any level behind.
-        orgs = None
+        orgs, rewritten = None, labels
         if session is not None and not any_dirty(dbs, generation, months, session):
-            orgs = {doc["org_id"] for doc in old} | {row["org_id"] for row in new_rows}
+            changed = changed_rows(old, new_rows)
+            orgs = {row["org_id"] for row in changed}
+            rewritten = sorted({row["day"] for row in changed})
         orgs, derives = mark_stale(dbs, generation, months, orgs, by_month, session)
-        # When most organizations are on these days, their levels by day are re-derived
+        # When many organizations changed on these days, their levels by day are re-derived
         # whole: reading them by their index costs less than naming thousands of ids.
         if orgs is not None and len(orgs) > LONG_IN:
             orgs = None
-        usage.delete_many({"day": {"$in": labels}}, session=session)
-        if new_rows:
-            usage.insert_many(descending(new_rows), ordered=False, session=session)
-        derive_months(dbs, generation, months, session, labels, orgs, derives)
+        if rewritten:
+            usage.delete_many({"day": {"$in": rewritten}}, session=session)
+            days_rewritten = set(rewritten)
+            fresh = [row for row in new_rows if row["day"] in days_rewritten]
+            if fresh:
+                usage.insert_many(descending(fresh), ordered=False, session=session)
+        derive_months(dbs, generation, months, session, rewritten, orgs, derives)
         ledger.stamp_days(dbs, generation, days, stamp, session)
         if target.served:
             ledger.bump(dbs.rollup, generation, session)
@@ -510,6 +567,20 @@ def save_days(
         ledger.mark_dirty(dbs, generation, days, target.run_id)
     removed = in_transaction(session, replace)
     return len(new_rows), removed
+
+
+def changed_rows(old: list[Doc], new: list[Doc]) -> list[Doc]:
+    """The rows of `old` and `new` (day rows of the same days) that are not in both alike: a
+    row gone, a row added, and both sides of a row that changed."""
+    stored = {doc["_id"]: plain(doc) for doc in old}
+    changed = []
+    for row in new:
+        have = stored.pop(row["_id"], None)
+        if have != plain(row):
+            changed.append(row)
+            if have is not None:
+                changed.append(have)
+    return changed + list(stored.values())
 
 
 def descending(rows: list[Doc]) -> list[Doc]:

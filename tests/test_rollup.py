@@ -385,7 +385,7 @@ def test_rows_are_replaced_by_writing_only_those_that_differ(
     monkeypatch.setattr(type(stored), "bulk_write", recorded)
     new = {"_id": "e", "month": "2026-09", "conversations": 6}
     rows = [dict(same), *[dict(row) for row in alike], changed, new]
-    rollup.replace_rows(stored, {"month": "2026-09"}, rows, None)
+    rollup.replace_rows(stored, [{"month": "2026-09"}], rows, None)
     assert sorted(stored.find(), key=lambda row: row["_id"]) == [
         {**same, "users_hll": b"\x01\x02"},
         *alike,
@@ -398,10 +398,10 @@ def test_rows_are_replaced_by_writing_only_those_that_differ(
     )
     written.clear()
     most = [{**row, "conversations": 9} for row in rows[:4]]
-    rollup.replace_rows(stored, {"month": "2026-09"}, most, None)
+    rollup.replace_rows(stored, [{"month": "2026-09"}], most, None)
     assert written == []
     assert sorted(stored.find(), key=lambda row: row["_id"]) == [
         {**row, "users_hll": b"\x01\x02"} if "users_hll" in row else row for row in most
     ] + [{"_id": "x", "month": "2026-10", "conversations": 5}]
-    rollup.replace_rows(stored, {"month": "2026-09"}, [], None)
+    rollup.replace_rows(stored, [{"month": "2026-09"}], [], None)
     assert [row["_id"] for row in stored.find()] == ["x"]

@@ -485,6 +485,80 @@ def killed_after_one_range(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(rollup, "derive_marked", real)
 
 
+def test_named_organizations_over_the_bound_of_rows_are_derived_in_halves(
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Organizations a mark names, holding more day rows than a transaction may, are derived
+    in halves until each part fits or holds one organization; every level then equals the
+    documents' counts."""
+    dbs, expected = month_in_ranges(make_dbs, monkeypatch)
+    dbs.settings.transaction_rows = 2
+    real = rollup.derive_marked
+    derived: list[set[str]] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        derived.append(args[3])
+
+    monkeypatch.setattr(rollup, "derive_marked", recorded)
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=datetime(2026, 9, 20, 9), id_organization=o) for o in ORGS[1:]]
+    )
+    backfill(dbs, "2026-09-01", "2026-09-30", T0 + timedelta(hours=1))
+    # Each of the three holds two day rows of September.
+    assert derived == [{str(org)} for org in sorted(ORGS[1:], key=str)]
+    expected.update({str(org): expected[str(org)] + 1 for org in ORGS[1:]})
+    assert september_by_level(dbs) == [expected] * 3
+    assert rollup.stale_months(dbs, 1) == []
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
+
+
+def test_a_nightly_rederives_only_the_organizations_whose_days_changed(
+    dbs: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a window of days where one organization's conversations changed, the nightly
+    run rewrites that day and that organization's levels, and none when nothing changed;
+    every level equals the documents' counts either way."""
+    placed = [(9, ORGS[0]), (10, ORGS[1]), (10, ORGS[2]), (11, ORGS[3]), (2, ORGS[1])]
+    docs = [
+        make_request(createdAt=datetime(2026, 10, d, 9), id_organization=org) for d, org in placed
+    ]
+    dbs.source.requests.insert_many(docs)
+    backfill(dbs, "2026-10-01", "2026-10-11", T0)
+    derived: list[tuple[list[str] | None, Any]] = []
+    real = rollup.derive_months
+
+    def recorded(*args: Any, **kwargs: Any) -> None:
+        derived.append((args[4], args[5]))
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(rollup, "derive_months", recorded)
+    later = T0 + timedelta(hours=1)
+    runner.run_nightly(dbs, later, lambda: later)
+    assert derived == [([], set())]
+
+    dbs.source.requests.insert_one(
+        make_request(createdAt=datetime(2026, 10, 10, 15), id_organization=ORGS[1])
+    )
+    derived.clear()
+    later += timedelta(hours=1)
+    runner.run_nightly(dbs, later, lambda: later)
+    assert derived == [(["2026-10-10"], {str(ORGS[1])})]
+    expected = {str(ORGS[0]): 1, str(ORGS[1]): 3, str(ORGS[2]): 1, str(ORGS[3]): 1}
+    assert {org: n for (org, month), n in org_months(dbs).items()} == expected
+    by_day = {
+        (r["org_id"], r["day"]): r["conversations"] for r in dbs.level("usage_org_daily").find()
+    }
+    assert by_day == {
+        (str(ORGS[0]), "2026-10-09"): 1,
+        (str(ORGS[1]), "2026-10-10"): 2,
+        (str(ORGS[2]), "2026-10-10"): 1,
+        (str(ORGS[3]), "2026-10-11"): 1,
+        (str(ORGS[1]), "2026-10-02"): 1,
+    }
+    assert verify.find_month_drift(dbs, date(2026, 10, 1), date(2026, 10, 11)) == []
+
+
 def test_ranges_of_organizations_cover_every_id_within_the_bound(make_dbs: Any) -> None:
     """Each organization in exactly one range, every id in some range, and no range over the
     bound of day rows unless it holds a single organization."""
@@ -508,15 +582,18 @@ def test_ranges_of_organizations_cover_every_id_within_the_bound(make_dbs: Any) 
         assert sum(probe in r for r in ranges) == 1, probe
 
 
+@pytest.mark.parametrize("marked", [1, rollup.MARKED_ORGS])
 def test_a_month_cut_short_between_its_ranges_is_read_from_its_days_until_derived(
-    make_dbs: Any, monkeypatch: pytest.MonkeyPatch
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch, marked: int
 ) -> None:
-    """A whole month derived one organization a transaction: a run dies after the first
-    range. The month stays marked, the views read its days, and the next run derives the
-    rest; every level then equals the documents' counts."""
+    """A month derived one organization a transaction (whole, or the organizations that
+    changed, by name): a run dies after the first part. The month stays marked, the views
+    read its days, and the next run derives the rest; every level then equals the
+    documents' counts."""
     from api.usage import UsageService
 
     monkeypatch.setattr(rollup, "LONG_IN", 1)
+    monkeypatch.setattr(rollup, "MARKED_ORGS", marked)
     dbs: Databases = make_dbs(transaction_rows=1)
     placed = [(3, ORGS[0]), (4, ORGS[1]), (4, ORGS[0]), (30, ORGS[2]), (12, ORGS[3])]
     docs = [
@@ -630,6 +707,36 @@ def test_a_range_the_server_ends_as_too_long_is_derived_in_smaller_ones(
     with pytest.raises(rollup.TransactionTooLong, match="deriving 2026-09 for one organization"):
         runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
     assert rollup.stale_months(dbs, 1) == ["2026-09"]
+
+
+def test_named_organizations_the_server_ends_as_too_long_are_derived_in_smaller_sets(
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Organizations named by a mark, derived together, outlive the server's limit: they are
+    derived again one at a time, and every level equals the documents' counts."""
+    dbs, expected = month_in_ranges(make_dbs, monkeypatch)
+    dbs.settings.transaction_rows = 10
+    real = rollup.derive_marked
+    derived: list[set[str]] = []
+
+    def limited(*args: Any, **kwargs: Any) -> None:
+        assert isinstance(args[3], set)  # by name, not by range
+        if len(args[3]) > 1:
+            raise rollup.TransactionTooLong("lifetime exceeded")
+        derived.append(args[3])
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(rollup, "derive_marked", limited)
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=datetime(2026, 9, 20, 9), id_organization=o) for o in ORGS[1:]]
+    )
+    backfill(dbs, "2026-09-01", "2026-09-30", T0 + timedelta(hours=1))
+    assert "smaller ranges" in caplog.text
+    assert sorted(derived, key=sorted) == [{str(org)} for org in sorted(ORGS[1:], key=str)]
+    expected.update({str(org): expected[str(org)] + 1 for org in ORGS[1:]})
+    assert september_by_level(dbs) == [expected] * 3
+    assert rollup.stale_months(dbs, 1) == []
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
 
 
 def test_a_run_that_lost_its_lease_between_ranges_stops_and_keeps_the_mark(

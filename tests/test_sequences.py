@@ -186,14 +186,17 @@ class World:
 
 
 @pytest.mark.parametrize(
-    ("seed", "transactions", "rows", "long_in"),
+    ("seed", "transactions", "rows", "long_in", "marked"),
     [
-        (1, True, 20_000, 200),
-        (2, True, 20_000, 200),
-        (3, True, 2, 200),
-        (4, False, 20_000, 200),
-        (5, False, 2, 200),
-        (6, True, 20_000, 1),  # every month derived whole, as with many organizations
+        (1, True, 20_000, 200, rollup.MARKED_ORGS),
+        (2, True, 20_000, 200, rollup.MARKED_ORGS),
+        (3, True, 2, 200, rollup.MARKED_ORGS),
+        (4, False, 20_000, 200, rollup.MARKED_ORGS),
+        (5, False, 2, 200, rollup.MARKED_ORGS),
+        # As with many organizations: months derived after their days, for the organizations
+        # that changed (in sets of at most two day rows), or whole.
+        (6, True, 20_000, 1, 1),
+        (7, True, 2, 1, rollup.MARKED_ORGS),
     ],
 )
 def test_random_sequences_of_runs_leave_every_computed_day_exact(
@@ -203,8 +206,10 @@ def test_random_sequences_of_runs_leave_every_computed_day_exact(
     transactions: bool,
     rows: int,
     long_in: int,
+    marked: int,
 ) -> None:
     monkeypatch.setattr(rollup, "LONG_IN", long_in)
+    monkeypatch.setattr(rollup, "MARKED_ORGS", marked)
     dbs = make_dbs(transaction_rows=rows)
     if transactions:
         play(dbs, seed)

@@ -50,17 +50,34 @@ def test_drill_backfill_killed_at_ten_random_points_recovers_exactly(
 ) -> None:
     """Proves: a backfill killed with SIGKILL anywhere, then run again, leaves no drift and
     exactly the rows of a clean run; the killed run's record is visibly not ok and its lease
-    is taken over once expired."""
+    is taken over once expired.
+
+    Between kills a fifth of the conversations turn test mode or back, so that each run
+    killed rewrites most days, as a first backfill does."""
     first, last = load(dbs, utcnow())
-    expected = clean_rows(make_dbs, dbs, first, last)
+    toggled = [doc["_id"] for doc in dbs.source.requests.find({}, {"_id": 1})][::5]
+
+    def turn(test_mode: bool) -> None:
+        chosen = {"_id": {"$in": toggled}}
+        dbs.source.requests.update_many(chosen, {"$set": {"isTestMode": test_mode}})
+
+    expected = {}
+    for test_mode in (True, False):
+        turn(test_mode)
+        expected[test_mode] = clean_rows(make_dbs, dbs, first, last)
+    assert expected[True] != expected[False]
     env = env_for(dbs, USAGE_LEASE_SECONDS="5", USAGE_LOCK_WAIT_SECONDS="30")
     args = ["backfill", "--start", str(first), "--end", str(last)]
+    assert usage(*args, env=env).returncode == 0
+    turn(True)
     started = time.monotonic()
     assert usage(*args, env=env).returncode == 0
     duration = time.monotonic() - started
     rng = random.Random(20261125)
     landed = 0
-    for _ in range(10):
+    for n in range(10):
+        test_mode = n % 2 == 1
+        turn(test_mode)
         with subprocess.Popen([*COMMAND, *args], env=clean_env(env)) as proc:
             time.sleep(rng.uniform(0.15, 0.95) * duration)
             proc.send_signal(signal.SIGKILL)
@@ -76,7 +93,7 @@ def test_drill_backfill_killed_at_ten_random_points_recovers_exactly(
             assert after is not None and after["status"] == runs.ABANDONED
         assert verify.find_drift(dbs, first, last) == []
         assert verify.find_month_drift(dbs, first, last) == []
-        assert rows(dbs) == expected
+        assert rows(dbs) == expected[test_mode]
     statuses = Counter(run["status"] for run in dbs.rollup.etl_runs.find())
     assert statuses[runs.RUNNING] == 0 and statuses[runs.FAILED] == 0
     assert statuses[runs.ABANDONED] == landed
