@@ -31,7 +31,7 @@ from etl.settings import Settings
 BATCH_DAYS = 31
 MEASURES = lattice.MEASURES
 # Most organizations a stale mark names; past them it marks the whole month. A month derived
-# for named organizations reads their rows by lists of ids; past a few thousand of them,
+# for named organizations reads their rows with a query each; past a few thousand of them,
 # reading every organization's in ranges of ids costs less.
 MARKED_ORGS = 3000
 TRANSACTION_ATTEMPTS = 3
@@ -154,8 +154,8 @@ def replace_rows(
 
     A month derived again whole (a repair, a run finishing one cut short) mostly comes out as
     it was: on the embedded server, deleting and inserting a row costs several times reading
-    it. Replacing a row costs more than deleting and inserting
-    it, so when more than half the rows change, all are deleted and inserted instead."""
+    it. Replacing a row costs more than deleting and inserting it, so when more than half the
+    rows change, all are deleted and inserted instead."""
     old = {doc["_id"]: doc for query in queries for doc in stored.find(query, session=session)}
     stored_ids = sorted(old)
     writes: list[InsertOne[Doc] | ReplaceOne[Doc]] = []
@@ -322,6 +322,8 @@ def mark_stale(
         named = (
             None if orgs is None or earlier.get("whole") else orgs | set(earlier.get("orgs", ()))
         )
+        if named is not None and not named and month not in marked:
+            continue  # nothing changed, nothing to derive
         mark: Doc = {"_id": month, "whole": True}
         if named is not None and len(named) <= MARKED_ORGS:
             mark = {"_id": month, "orgs": sorted(named)}
