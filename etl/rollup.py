@@ -181,6 +181,7 @@ def replace_rows(
 
 
 def delete_ids(stored: Collection[Doc], ids: list[Any], session: ClientSession | None) -> None:
+    """Delete the rows of `ids`, LONG_IN at a time."""
     for start in range(0, len(ids), LONG_IN):
         stored.delete_many({"_id": {"$in": ids[start : start + LONG_IN]}}, session=session)
 
@@ -228,7 +229,9 @@ def derive_months(
     level holds the organization rows of each period, and is rewritten with them.
 
     Without `by_month`, only the levels by day are rewritten (of `days`): the levels by
-    month lag the day rows until they are derived again (see `mark_stale`).
+    month lag the day rows until they are derived again (see `mark_stale`). Given
+    `most_rows`, a set of several organizations holding more day rows than that raises
+    TooManyRows before anything is written.
     """
     daily = dbs.usage_daily(generation)
     if orgs is not None and not orgs:
@@ -242,11 +245,10 @@ def derive_months(
         span = month_filter(month)
         if not by_month:
             span = {"day": {"$gte": min(rewritten), "$lte": max(rewritten)}}
-        # The organizations first: given two ranges, the embedded server rides the index of
-        # the filter's first field (MongoDB is indifferent to the order).
-        rows = [row for of in of_orgs for row in daily.find({**of, **span}, session=session)]
-        if isinstance(orgs, set) and len(orgs) > 1 and len(rows) > (most_rows or len(rows)):
-            raise TooManyRows(orgs)
+        rows = [row for of in of_orgs for row in daily.find({**span, **of}, session=session)]
+        if most_rows is not None and isinstance(orgs, set) and len(orgs) > 1:
+            if len(rows) > most_rows:
+                raise TooManyRows(orgs)
         derived: dict[lattice.Level, list[Doc]] = {}
         for level in lattice.LEVELS:
             if (level.period == "month" and not by_month) or (
@@ -259,7 +261,7 @@ def derive_months(
                 selected = [row for row in rows if row["day"] in days]
                 which = {"day": {"$in": rewritten}}
             derived[level] = lattice.summarize(selected, level)
-            queries = [{**of, **which} for of in of_orgs]
+            queries = [{**which, **of} for of in of_orgs]
             replace_rows(stored, queries, derived[level], session)
         by_day: dict[str, list[Doc]] = {day: [] for day in rewritten}
         for row in derived.get(lattice.ORG_DAILY, []):
@@ -273,9 +275,10 @@ def org_queries(orgs: set[str] | OrgRange | None) -> list[Doc]:
     """Filters that together select the rows of `orgs` (None: every organization): one
     for each organization of a set.
 
-    With a period beside it, each uses the (organization, period) index on any server: a
-    list of ids and a period is read on the embedded server through the organization alone,
-    every month of each one's history. A query an organization costs a round trip each."""
+    With a period beside it, each reads one organization's rows of the period by the
+    (organization, period) index, on any server. A single query with a list of ids would
+    cost one round trip, but the embedded server reads such a query through the
+    organization alone: every month of each one's history."""
     if orgs is None:
         return [{}]
     if isinstance(orgs, OrgRange):
@@ -290,6 +293,7 @@ def mark_stale(
     orgs: set[str] | None,
     by_month: bool,
     session: ClientSession | None,
+    by_day: bool = False,
 ) -> tuple[set[str] | None, bool]:
     """Keep the marks of months whose levels by month lag their days. Return the
     organizations the write derives (None: every one), and whether it derives the levels by
@@ -302,7 +306,9 @@ def mark_stale(
     months as well, and `derive_stale` derives them after it, in transactions bounded by
     rows: one transaction deriving a month of thousands of organizations besides writing
     days outgrows the cache of a server. Done before the write's rows, in its transaction:
-    the marks are small."""
+    the marks are small.
+
+    With `by_day`, the mark says the levels by day lag too; a later mark keeps that."""
     stale = dbs.level(USAGE_STALE_MONTHS, generation)
     marks = list(stale.find({"_id": {"$in": sorted(months)}}, session=session))
     if by_month:
@@ -327,6 +333,8 @@ def mark_stale(
         mark: Doc = {"_id": month, "whole": True}
         if named is not None and len(named) <= MARKED_ORGS:
             mark = {"_id": month, "orgs": sorted(named)}
+        if by_day or earlier.get("by_day"):
+            mark["by_day"] = True
         stale.replace_one({"_id": month}, mark, upsert=True, session=session)
     return orgs, False
 
@@ -355,14 +363,23 @@ def derive_stale(
         if mark is None:
             continue
         named = None if mark.get("whole") else set(mark.get("orgs", ()))
-        derive_in_ranges(dbs, target, month, [], session, heartbeat, named)
+        if named is not None and session is None:
+            # Without a transaction, a run dying inside a named organization's write could
+            # leave any level of the month behind: the month is derived whole, and its mark
+            # made whole first, so that a run cut short leaves the whole month to the next.
+            mark_stale(dbs, target.generation, {month}, None, False, None)
+            named = None
+        # A repair's mark: the levels by day of the month lag their rows as well.
+        days: list[str] | None = None if mark.get("by_day") else []
+        derive_in_ranges(dbs, target, month, days, session, heartbeat, named)
 
 
 def mark_whole(
     dbs: Databases, target: Target, months: Iterable[str], session: ClientSession | None
 ) -> None:
-    """Mark `months` stale whole, so that readers read them from their days."""
-    mark_stale(dbs, target.generation, set(months), None, False, session)
+    """Mark `months` stale whole, their levels by day too (a repair rewrites those), so
+    that readers read them from their days and a run finishing them derives every level."""
+    mark_stale(dbs, target.generation, set(months), None, False, session, by_day=True)
     if target.served:
         ledger.bump(dbs.rollup, target.generation, session)
 
@@ -424,6 +441,7 @@ def derive_in_ranges(
 
 
 def halves(orgs: set[str]) -> list[set[str] | OrgRange]:
+    """`orgs` in two sets, the lower ids first."""
     ids = sorted(orgs)
     return [set(ids[: len(ids) // 2]), set(ids[len(ids) // 2 :])]
 
@@ -516,7 +534,8 @@ def save_days(
 ) -> tuple[int, int]:
     """Replace every row of `days` with `by_day`'s, re-derive their months and stamp them in
     the ledger: in one transaction when given a session. Without `by_month`, the levels by
-    month are left for a later part of the same batch (see `recompute`).
+    month are left for a later part of the same batch (see `recompute`). Return the rows
+    written (a day whose rows did not change is not written again) and the rows removed.
 
     Without one, the days are marked dirty first, so that a writer dying half-way leaves
     them for the next run to recompute rather than silently wrong.
@@ -533,7 +552,7 @@ def save_days(
         "fingerprint": target.fingerprint,
     }
 
-    def replace() -> int:
+    def replace() -> tuple[int, int]:
         old = list(usage.find({"day": {"$in": labels}}, session=session))
         old_ids = {doc["_id"] for doc in old}
         months = {label[:7] for label in labels}
@@ -545,44 +564,40 @@ def save_days(
         # Without a transaction, a run that died half-way may have left any level behind.
         orgs, rewritten = None, labels
         if session is not None and not any_dirty(dbs, generation, months, session):
-            changed = changed_rows(old, new_rows)
-            orgs = {row["org_id"] for row in changed}
-            rewritten = sorted({row["day"] for row in changed})
+            orgs, rewritten = changed_rows(old, new_rows)
         orgs, derives = mark_stale(dbs, generation, months, orgs, by_month, session)
         # When many organizations changed on these days, their levels by day are re-derived
         # whole: reading them by their index costs less than naming thousands of ids.
         if orgs is not None and len(orgs) > LONG_IN:
             orgs = None
+        days_rewritten = set(rewritten)
+        fresh = [row for row in new_rows if row["day"] in days_rewritten]
         if rewritten:
             usage.delete_many({"day": {"$in": rewritten}}, session=session)
-            days_rewritten = set(rewritten)
-            fresh = [row for row in new_rows if row["day"] in days_rewritten]
-            if fresh:
-                usage.insert_many(descending(fresh), ordered=False, session=session)
+        if fresh:
+            usage.insert_many(descending(fresh), ordered=False, session=session)
         derive_months(dbs, generation, months, session, rewritten, orgs, derives)
         ledger.stamp_days(dbs, generation, days, stamp, session)
         if target.served:
             ledger.bump(dbs.rollup, generation, session)
-        return len(old_ids - new_ids)
+        return len(fresh), len(old_ids - new_ids)
 
     if session is None:
         ledger.mark_dirty(dbs, generation, days, target.run_id)
-    removed = in_transaction(session, replace)
-    return len(new_rows), removed
+    return in_transaction(session, replace)
 
 
-def changed_rows(old: list[Doc], new: list[Doc]) -> list[Doc]:
-    """The rows of `old` and `new` (day rows of the same days) that are not in both alike: a
-    row gone, a row added, and both sides of a row that changed."""
+def changed_rows(old: list[Doc], new: list[Doc]) -> tuple[set[str], list[str]]:
+    """The organizations and the days of the rows of `old` and `new` (day rows of the same
+    days) that are not in both alike: a row gone, a row added, or a row that changed."""
     stored = {doc["_id"]: plain(doc) for doc in old}
     changed = []
     for row in new:
         have = stored.pop(row["_id"], None)
         if have != plain(row):
             changed.append(row)
-            if have is not None:
-                changed.append(have)
-    return changed + list(stored.values())
+    changed += stored.values()
+    return {row["org_id"] for row in changed}, sorted({row["day"] for row in changed})
 
 
 def descending(rows: list[Doc]) -> list[Doc]:

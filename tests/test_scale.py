@@ -12,8 +12,8 @@ import pytest
 from bson import ObjectId
 
 from api import usage
-from etl import rollup, runner, verify
-from etl.db import Databases
+from etl import platform, rollup, runner, verify
+from etl.db import Databases, connect
 from tests.factories import make_request, staff_query
 
 T0 = datetime(2026, 10, 12, 2, 0)
@@ -759,3 +759,89 @@ def test_a_run_that_lost_its_lease_between_ranges_stops_and_keeps_the_mark(
     with pytest.raises(runs.LockBusy, match="lease was lost"):
         runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
     assert rollup.stale_months(dbs, 1) == ["2026-09"]
+
+
+class Killed(BaseException):
+    """A run dying where a test says (not an Exception: nothing catches it)."""
+
+
+def test_a_named_mark_derived_without_a_transaction_and_cut_short_in_the_platform_level(
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run with transactions leaves September marked for two organizations; a run without
+    them dies while rewriting the platform level's September (its documents deleted, the new
+    ones not yet inserted). The mark was made whole before: the next run derives every
+    organization's levels, and the platform level holds them all again."""
+    dbs = make_dbs()
+    dbs.source.requests.insert_many(
+        [
+            make_request(createdAt=datetime(2026, 9, 3 + n, 9), id_organization=o)
+            for n, o in enumerate(ORGS)
+        ]
+    )
+    backfill(dbs, "2026-09-01", "2026-09-30", T0)
+    expected = {str(org): 1 for org in ORGS}
+    assert september_by_level(dbs) == [expected] * 3
+
+    # ORGS[0] and ORGS[1] gain a conversation; the month is left marked for them (a run cut
+    # short after its days: past LONG_IN organizations go to derive_stale).
+    dbs.source.requests.insert_many(
+        [make_request(createdAt=datetime(2026, 9, 3, 15), id_organization=o) for o in ORGS[:2]]
+    )
+    monkeypatch.setattr(rollup, "LONG_IN", 1)
+    real_marked = rollup.derive_marked
+
+    def dies(*args: Any, **kwargs: Any) -> None:
+        raise Killed
+
+    monkeypatch.setattr(rollup, "derive_marked", dies)
+    with pytest.raises(Killed):
+        backfill(dbs, "2026-09-01", "2026-09-30", T0 + timedelta(hours=1))
+    monkeypatch.setattr(rollup, "derive_marked", real_marked)
+    marks = list(dbs.level("usage_stale_months").find())
+    assert marks == [{"_id": "2026-09", "orgs": sorted(str(o) for o in ORGS[:2])}]
+
+    # A run without transactions derives the mark and dies inside the platform level's month.
+    plain = connect(dbs.settings, dbs.uri, transactions=False)
+    real_chunks = platform.chunks
+
+    def chunks(period: platform.Period, rows: Any) -> list[Any]:
+        if (period.kind, period.key) == ("month", "2026-09"):
+            raise Killed
+        return real_chunks(period, rows)
+
+    monkeypatch.setattr(platform, "chunks", chunks)
+    later = datetime(2026, 10, 20, 2)
+    with pytest.raises(Killed):
+        runner.run_nightly(plain, later, lambda: later)
+    monkeypatch.setattr(platform, "chunks", real_chunks)
+    plain.close()
+    assert list(dbs.level("usage_stale_months").find()) == [{"_id": "2026-09", "whole": True}]
+
+    # The next run (with transactions) finishes the mark.
+    later += timedelta(hours=1)
+    runner.run_nightly(dbs, later, lambda: later)
+    assert rollup.stale_months(dbs, 1) == []
+    expected[str(ORGS[0])] = expected[str(ORGS[1])] = 2
+    assert september_by_level(dbs) == [expected] * 3
+    assert verify.find_month_drift(dbs, date(2026, 9, 1), date(2026, 9, 30)) == []
+
+
+def test_a_repair_cut_short_between_ranges_is_finished_levels_by_day_included(
+    make_dbs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repair re-derives a month whole in ranges, its levels by day included; cut short
+    after one range, its mark says the levels by day lag too, and the next nightly run
+    derives them as well before it clears the mark."""
+    dbs, _ = month_in_ranges(make_dbs, monkeypatch)
+    dbs.level("usage_org_daily").update_many({}, {"$inc": {"conversations": 5}})
+    first, last = date(2026, 9, 1), date(2026, 9, 30)
+    assert verify.find_month_drift(dbs, first, last) == ["2026-09"]
+    with killed_after_one_range(monkeypatch):
+        runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
+    marks = list(dbs.level("usage_stale_months").find())
+    assert marks == [{"_id": "2026-09", "whole": True, "by_day": True}]
+    later = T0 + timedelta(days=1)
+    runner.run_nightly(dbs, later, lambda: later)
+    assert rollup.stale_months(dbs, 1) == []
+    assert verify.find_month_drift(dbs, first, last) == []
