@@ -16,6 +16,7 @@ from bson import ObjectId
 from etl import ledger, platform, rollup, runner
 from etl.db import Databases, connect
 from tests.factories import make_request
+from tests.test_sequences import platform_stored, stored, sums
 
 ORGS: list[Any] = [ObjectId(f"65e18830a0616000137bc{n:03x}") for n in range(7)]
 ORGS[3] = str(ORGS[3]).upper()  # a string id in upper case
@@ -109,32 +110,6 @@ class World:
         return {k: tuple(v) for k, v in out.items()}
 
 
-def summed(daily: dict, key: Callable[..., tuple]) -> dict:
-    out: dict[tuple, list[int]] = {}
-    for (org, agent, day), values in daily.items():
-        cell = out.setdefault(key(org, agent, day), [0, 0, 0])
-        for n, v in enumerate(values):
-            cell[n] += v
-    return {k: tuple(v) for k, v in out.items()}
-
-
-def stored(dbs: Databases, base: str, generation: int, *fields: str) -> dict:
-    return {
-        tuple(r[f] for f in fields): (r["conversations"], r["messages"], r["handoffs"])
-        for r in dbs.level(base, generation).find()
-    }
-
-
-def platform_stored(dbs: Databases, generation: int, period: str) -> dict:
-    found = {}
-    for doc in dbs.level("usage_platform", generation).find({"period": period}):
-        for n, org in enumerate(doc["orgs"]):
-            found[(org, doc["key"])] = tuple(
-                doc[m][n] for m in ("conversations", "messages", "handoffs")
-            )
-    return found
-
-
 def check_levels(dbs: Databases, world: World, label: Any) -> tuple[int, set[date], dict]:
     state = ledger.read_state(dbs.rollup)
     assert state is not None
@@ -144,16 +119,21 @@ def check_levels(dbs: Databases, world: World, label: Any) -> tuple[int, set[dat
     want = world.expected(covered)
     daily = stored(dbs, "usage_daily", gen, "org_id", "agent_id", "day")
     assert daily == want, label
-    assert stored(dbs, "usage_monthly", gen, "org_id", "agent_id", "month") == summed(
+    assert stored(dbs, "usage_monthly", gen, "org_id", "agent_id", "month") == sums(
         want, lambda o, a, d: (o, a, d[:7])
     ), label
-    org_days = summed(want, lambda o, a, d: (o, d))
-    org_months = summed(want, lambda o, a, d: (o, d[:7]))
+    org_days = sums(want, lambda o, a, d: (o, d))
+    org_months = sums(want, lambda o, a, d: (o, d[:7]))
     assert stored(dbs, "usage_org_daily", gen, "org_id", "day") == org_days, label
     assert stored(dbs, "usage_org_monthly", gen, "org_id", "month") == org_months, label
     assert platform_stored(dbs, gen, "day") == org_days, label
     assert platform_stored(dbs, gen, "month") == org_months, label
     return gen, covered, want
+
+
+def figures(line: dict[str, Any]) -> tuple[int, ...]:
+    """A row's or the total's measures, in the order the counts here keep them."""
+    return tuple(line["totals"][m] for m in ("conversations", "messages", "handoffs"))
 
 
 def check_api(dbs: Databases, world: World, want: dict, label: Any) -> None:
@@ -174,7 +154,7 @@ def check_api(dbs: Databases, world: World, want: dict, label: Any) -> None:
             for k, v in want.items()
             if start.isoformat() <= k[2] <= end.isoformat() and k[0] != INTERNAL
         }
-        orgs = summed(in_span, lambda o, a, d: (o,))
+        orgs = sums(in_span, lambda o, a, d: (o,))
         total = [sum(v[n] for v in orgs.values()) for n in range(3)]
         for limit, offset, q in [
             (None, 0, None),
@@ -202,16 +182,10 @@ def check_api(dbs: Databases, world: World, want: dict, label: Any) -> None:
             where = (label, gran, limit, offset, q)
             names = {k[0]: v for k, v in orgs.items() if q is None or q.lower() in k[0]}
             tot = [sum(v[n] for v in names.values()) for n in range(3)]
-            got_total = [
-                body["total"]["totals"][m] for m in ("conversations", "messages", "handoffs")
-            ]
+            got_total = list(figures(body["total"]))
             assert got_total == (tot if q else total), where
             for row in body["rows"]:
-                assert (
-                    row["totals"]["conversations"],
-                    row["totals"]["messages"],
-                    row["totals"]["handoffs"],
-                ) == names[row["id"]], where
+                assert figures(row) == names[row["id"]], where
                 assert sum(b["conversations"] for b in row["buckets"]) == names[row["id"]][0]
             page = sum(r["totals"]["conversations"] for r in body["rows"])
             other = body["other"]["totals"]["conversations"] if body["other"] else 0
@@ -232,7 +206,7 @@ def check_api(dbs: Databases, world: World, want: dict, label: Any) -> None:
                 settings=dbs.settings,
             )
             body = service.report(query)
-            agents = summed(
+            agents = sums(
                 {
                     k: v
                     for k, v in want.items()
@@ -240,14 +214,7 @@ def check_api(dbs: Databases, world: World, want: dict, label: Any) -> None:
                 },
                 lambda o, a, d: (a,),
             )
-            got = {
-                r["id"]: (
-                    r["totals"]["conversations"],
-                    r["totals"]["messages"],
-                    r["totals"]["handoffs"],
-                )
-                for r in body["rows"]
-            }
+            got = {r["id"]: figures(r) for r in body["rows"]}
             got = {k: v for k, v in got.items() if v != (0, 0, 0)}
             assert got == {k[0]: v for k, v in agents.items()}, (label, org, gran)
 
