@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from pymongo.errors import PyMongoError
 
 from api import auth, metrics
+from api.background import Looks
 from api.buckets import GranularityChoice, Scope
 from api.edge import Edge
 from api.fastpath import USAGE_PATH, FastPath
@@ -201,12 +202,20 @@ class KeyCache:
         self.size = size
         self.entries: OrderedDict[str, tuple[float, auth.Principal | None]] = OrderedDict()
         self.lock = threading.Lock()
+        self.looks = Looks()
 
     def cached(self, secret: str) -> auth.Principal | None:
-        """The principal of a key verified within `ttl`, without waiting on the database."""
+        """The principal of a key verified within `ttl`, without waiting on the database.
+        A key verified within two periods is looked up again in the background meanwhile
+        (see `api.background`), so a revoked key fails within two periods."""
         hit = self.entries.get(secret)
-        if hit is None or time.monotonic() - hit[0] >= self.ttl:
+        if hit is None:
             return None
+        age = time.monotonic() - hit[0]
+        if age >= self.ttl:
+            if age >= 2 * self.ttl or hit[1] is None:
+                return None
+            self.looks.start(secret, functools.partial(self.verify, secret))
         return hit[1]
 
     def get(self, secret: str) -> auth.Principal | None:
@@ -215,6 +224,10 @@ class KeyCache:
         hit = self.entries.get(secret)
         if hit is not None and time.monotonic() - hit[0] < self.ttl:
             return hit[1]
+        return self.verify(secret)
+
+    def verify(self, secret: str) -> auth.Principal | None:
+        """The key's principal, looked up now, and remembered for `ttl`."""
         principal = self.lookup(secret)
         if self.ttl > 0:
             with self.lock:

@@ -13,6 +13,7 @@ from pymongo.database import Database
 
 from api import platform_view
 from api.auth import Principal, is_object_id
+from api.background import Looks
 from api.buckets import (
     Bucket,
     Granularity,
@@ -580,6 +581,7 @@ class UsageService:
         self._checked = 0.0
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
+        self._looks = Looks()
         # For /metrics: plain counts, so a warm call pays no more than an addition.
         self.hits = 0
         self.misses = 0
@@ -597,8 +599,18 @@ class UsageService:
             return self._served
 
     def known(self) -> Served | None:
-        """What is served, if read recently enough; never waits on the database."""
-        return None if self._due() or self.check_seconds == 0 else self._served
+        """What is served, never waiting on the database: the last read, also while a newer
+        one runs in the background (see `api.background`). None before the first read, with
+        `check_seconds` 0, or once the last read is two periods old."""
+        served = self._served
+        if served is None or self.check_seconds == 0:
+            return None
+        age = time.monotonic() - self._checked
+        if age >= self.check_seconds:
+            if age >= 2 * self.check_seconds:
+                return None
+            self._looks.start("served", self.served)
+        return served
 
     def cached(self, key: CacheKey, served: Served | None = None) -> bytes | None:
         """A response cached for `key` under what is served, or None."""

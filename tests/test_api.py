@@ -3,16 +3,19 @@
 import csv
 import io
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import pytest
 from bson import ObjectId
 from fastapi.testclient import TestClient
 
-from api import auth
-from api.app import create_app, csv_cell
+from api import auth, usage
+from api.app import KeyCache, create_app, csv_cell
+from api.usage import UsageService
 from etl import ledger
 from etl.db import Databases
 from etl.definition import of_settings
@@ -526,6 +529,95 @@ def test_warm_calls_are_answered_from_memory_per_key_until_a_new_run(
             assert time.monotonic() < deadline, "a new run did not reach the cached answer"
             time.sleep(0.05)
         assert client.get(path, headers=staff).json()["rows"] == []
+
+
+class Gate:
+    """Stands in for a database look: blocks until opened, then answers as the real one."""
+
+    def __init__(self, look: Callable[..., Any]) -> None:
+        self.look = look
+        self.started = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, *args: Any) -> Any:
+        self.started.set()
+        assert self.opened.wait(10)
+        return self.look(*args)
+
+
+def test_a_request_due_for_a_look_at_the_runs_is_answered_without_waiting_for_it(
+    make_dbs: Callable[..., Databases], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dbs = make_dbs()
+    store_rows(dbs, ROWS)
+    add_run(dbs, "2026-11-24", datetime(2026, 11, 25, 2, 30))
+    service = UsageService(dbs, check_seconds=1.0)
+    first = service.served()
+    gate = Gate(usage.read_served)
+    monkeypatch.setattr(usage, "read_served", gate)
+    add_run(dbs, "2026-11-25", datetime(2026, 11, 25, 13, 0))
+    time.sleep(1.05)
+    # Due: the caller gets what it had, while the look runs (and blocks) in the background.
+    assert service.known() is first
+    assert gate.started.wait(5)
+    assert service.known() is first and not gate.opened.is_set()
+    gate.opened.set()
+    deadline = time.monotonic() + 5
+    while (service.known() or first).data_through != date(2026, 11, 25):
+        assert time.monotonic() < deadline, "the background look never landed"
+        time.sleep(0.01)
+
+    # A look that hangs past a second period: callers wait for the database again.
+    hanging = Gate(usage.read_served.look)
+    monkeypatch.setattr(usage, "read_served", hanging)
+    time.sleep(1.05)
+    assert service.known() is not None
+    assert hanging.started.wait(5)
+    time.sleep(1.0)
+    assert service.known() is None
+    hanging.opened.set()
+
+
+def test_a_key_due_for_a_look_is_accepted_while_it_is_looked_up_and_a_revoked_one_then_fails(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    dbs = make_dbs()
+    key_id, secret = auth.create_key(dbs.rollup, "s", None, NOW)
+    gate = Gate(lambda s: auth.authenticate(dbs.rollup, s))
+    gate.opened.set()
+    keys = KeyCache(gate, ttl=1.0)
+    principal = keys.get(secret)
+    assert principal is not None and keys.cached(secret) == principal
+    auth.revoke_key(dbs.rollup, key_id, NOW)
+    gate.opened.clear()
+    gate.started.clear()
+    time.sleep(1.05)
+    assert keys.cached(secret) == principal  # due: accepted while the look runs
+    assert gate.started.wait(5)
+    assert keys.cached(secret) == principal and not gate.opened.is_set()
+    gate.opened.set()
+    deadline = time.monotonic() + 5
+    while keys.cached(secret) is not None:
+        assert time.monotonic() < deadline, "a revoked key was still accepted"
+        time.sleep(0.01)
+    assert keys.get(secret) is None
+
+
+def test_a_key_whose_look_hangs_is_refused_after_two_periods(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    dbs = make_dbs()
+    _, secret = auth.create_key(dbs.rollup, "s", None, NOW)
+    gate = Gate(lambda s: auth.authenticate(dbs.rollup, s))
+    gate.opened.set()
+    keys = KeyCache(gate, ttl=1.0)
+    assert keys.get(secret) is not None
+    gate.opened.clear()
+    time.sleep(1.05)
+    assert keys.cached(secret) is not None
+    time.sleep(1.0)
+    assert keys.cached(secret) is None
+    gate.opened.set()
 
 
 def test_days_never_computed_are_named_as_gaps_not_answered_as_zero(api: Api) -> None:
