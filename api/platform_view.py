@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from api.buckets import Bucket
 from api.cells import MEASURES, Cell
-from etl import sketches
+from etl import platform, sketches
 from etl.db import USAGE_PLATFORM, Databases, Doc
 from etl.lattice import USERS, USERS_HLL
 
@@ -54,10 +54,10 @@ def read(
             days[(bucket.start + timedelta(days=offset)).isoformat()] = index
     if months:
         for doc in stored.find({"period": "month", "key": {"$in": sorted(months)}}):
-            placed.append((months[doc["key"]], doc))
+            placed.append((months[doc["key"]], platform.unpack(doc)))
     for first, last in runs:
         for doc in stored.find({"period": "day", "key": {"$gte": first, "$lte": last}}):
-            placed.append((days[doc["key"]], doc))
+            placed.append((days[doc["key"]], platform.unpack(doc)))
     # By bucket, then day and chunk: within a period, organizations come in id order.
     placed.sort(key=lambda item: (item[0], item[1]["_id"]))
     return placed

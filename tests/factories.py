@@ -120,6 +120,14 @@ def store_rows(dbs: Any, rows: list[dict[str, Any]]) -> None:
         dbs.level("usage_platform").insert_many(platform.chunks(period, members))
 
 
+def set_platform_figure(stored: Any, query: dict[str, Any], name: str, n: int, value: int) -> None:
+    """Set the `n`th organization's `name` in the platform level's document matching
+    `query` (a drift no run made)."""
+    doc = platform.unpack(stored.find_one(query))
+    doc[name][n] = value
+    stored.replace_one({"_id": doc["_id"]}, platform.pack(doc))
+
+
 def clear_rows(dbs: Any) -> None:
     levels = ("usage_daily", "usage_monthly", "usage_org_daily", "usage_org_monthly")
     for name in (*levels, "usage_platform"):

@@ -16,10 +16,18 @@ from fastapi.testclient import TestClient
 from api import auth, usage
 from api.app import KeyCache, create_app, csv_cell
 from api.usage import UsageService
-from etl import ledger
+from etl import ledger, platform
 from etl.db import Databases
 from etl.definition import of_settings
-from tests.factories import BOT_1, BOT_2, STORED_V2, clear_rows, make_row, store_rows
+from tests.factories import (
+    BOT_1,
+    BOT_2,
+    STORED_V2,
+    clear_rows,
+    make_row,
+    set_platform_figure,
+    store_rows,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0)
 A, B, INTERNAL = "65e18830a0616000137bb854", "65e18830a0616000137bb855", "65e18830a0616000137bb8ff"
@@ -349,11 +357,11 @@ def test_a_new_run_invalidates_cached_responses(api: Api) -> None:
     api.dbs.level("usage_org_monthly").update_one(
         {"org_id": A, "month": "2026-10"}, {"$inc": {"conversations": 10}}
     )
-    (month,) = api.dbs.level("usage_platform").find({"period": "month", "key": "2026-10"})
-    at = month["orgs"].index(A)
-    api.dbs.level("usage_platform").update_one(
-        {"_id": month["_id"]}, {"$inc": {f"conversations.{at}": 10}}
-    )
+    month = {"period": "month", "key": "2026-10"}
+    (stored,) = map(platform.unpack, api.dbs.level("usage_platform").find(month))
+    at = stored["orgs"].index(A)
+    figure = stored["conversations"][at] + 10
+    set_platform_figure(api.dbs.level("usage_platform"), month, "conversations", at, figure)
     assert api.usage() == before  # served from the cache: no run completed
     cover(api.dbs, date(2026, 11, 25), date(2026, 11, 25))
     add_run(api.dbs, "2026-11-25", datetime(2026, 11, 25, 13, 0))

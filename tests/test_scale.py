@@ -14,7 +14,7 @@ from bson import ObjectId
 from api import usage
 from etl import platform, rollup, runner, verify
 from etl.db import Databases, connect
-from tests.factories import make_request, staff_query
+from tests.factories import make_request, set_platform_figure, staff_query
 
 T0 = datetime(2026, 10, 12, 2, 0)
 ORGS = [ObjectId(f"65e18830a0616000137bb9{n:02x}") for n in range(4)]
@@ -116,7 +116,7 @@ def platform_figures(dbs: Databases) -> dict[tuple[str, str], dict[str, int]]:
     """(period key, organization) -> conversations and messages, read from the platform
     level's documents by hand."""
     figures = {}
-    for doc in dbs.level("usage_platform").find():
+    for doc in map(platform.unpack, dbs.level("usage_platform").find()):
         for n, org in enumerate(doc["orgs"]):
             figures[(doc["key"], org)] = {
                 "conversations": doc["conversations"][n],
@@ -181,7 +181,7 @@ def test_verify_finds_a_drifted_platform_level_and_repair_rebuilds_it(dbs: Datab
     expected = platform_figures(dbs)
     assert len(expected) == 6 and verify.find_month_drift(dbs, first, last) == []
     stored = dbs.level("usage_platform")
-    stored.update_one({"key": "2026-09-05"}, {"$set": {"conversations.1": 9}})
+    set_platform_figure(stored, {"key": "2026-09-05"}, "conversations", 1, 9)
     assert verify.find_month_drift(dbs, first, last) == ["2026-09"]
     runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
     assert platform_figures(dbs) == expected
@@ -337,6 +337,65 @@ def test_totals_of_many_users_do_not_depend_on_the_page(make_dbs: Any) -> None:
     (total,) = totals
     assert abs(total - people) <= 0.033 * people
     assert len(others) == 3
+
+
+def test_platform_documents_are_stored_packed_and_those_stored_as_lists_read_the_same(
+    platform_dbs: Databases,
+) -> None:
+    """Every column of a stored document is one binary value; documents an earlier version
+    stored with a list per column give the same views and verify clean, and the next run over
+    their period stores them packed."""
+    from api.usage import UsageService
+
+    dbs = platform_dbs
+    stored = dbs.level("usage_platform")
+    raw = list(stored.find())
+    assert raw and all(doc[platform.PACKED] == 1 for doc in raw)
+    for doc in raw:
+        orgs = platform.unpack(doc)["orgs"]
+        assert bytes(doc["orgs"]) == b"".join(ObjectId(org).binary for org in orgs)
+        assert len(doc["conversations"]) == 8 * len(orgs)
+    queries = [resolve(dbs, params) for params in QUERIES]
+    service = UsageService(dbs, 0)
+    before = [service.report(query, service.served()) for query in queries]
+
+    for doc in raw:  # as an earlier version stored them
+        stored.replace_one({"_id": doc["_id"]}, platform.unpack(doc))
+    assert all(isinstance(doc["orgs"], list) for doc in stored.find())
+    assert [service.report(query, service.served()) for query in queries] == before
+    assert verify.find_month_drift(dbs, date(2026, 7, 1), date(2026, 10, 31)) == []
+
+    dbs.source.requests.insert_one(
+        make_request(createdAt=datetime(2026, 9, 9, 9), id_organization=MANY[3], depth=4)
+    )
+    backfill(dbs, "2026-09-09", "2026-09-09", T0 + timedelta(hours=1))
+    for doc in stored.find({"key": {"$in": ["2026-09", "2026-09-09"]}}):
+        assert doc[platform.PACKED] == 1
+    assert verify.find_month_drift(dbs, date(2026, 7, 1), date(2026, 10, 31)) == []
+    after = service.report(queries[0], service.served())
+    total = before[0]["total"]["totals"]["conversations"]
+    assert after["total"]["totals"]["conversations"] == total + 1
+
+
+def test_packing_keeps_every_figure_and_sketch_and_leaves_other_ids_as_lists() -> None:
+    ids = sorted(str(ObjectId()) for _ in range(3))
+    doc = {
+        "_id": "month:2026-09:0000",
+        "period": "month",
+        "key": "2026-09",
+        "orgs": ids,
+        "conversations": [1, 2**40, 0],
+        "messages": [3, 2**62, 0],
+        "handoffs": [0, 1, 2],
+        "users": [1, 0, 7],
+        "users_hll": [b"\x01\x02", None, b"\x03" * 40],
+    }
+    packed = platform.pack(doc)
+    assert isinstance(packed["orgs"], bytes) and len(packed["orgs"]) == 36
+    assert platform.unpack(packed) == doc
+    assert platform.unpack(doc) is doc
+    odd = {**doc, "orgs": ["not-an-object-id", *ids[1:]]}
+    assert platform.pack(odd) == odd
 
 
 def test_a_rollup_from_before_the_platform_level_is_served_from_organization_rows(

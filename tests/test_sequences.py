@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from etl import ledger, rollup, runner
+from etl import ledger, platform, rollup, runner
 from etl.db import Databases, connect
 from tests.factories import DROP, make_request
 from tests.test_users import user_of
@@ -125,7 +125,9 @@ def stored(dbs: Databases, base: str, generation: int, *fields: str) -> dict:
 def platform_stored(dbs: Databases, generation: int, period: str) -> dict:
     """(organization, day or month) -> measures, as the platform level's documents hold them."""
     found = {}
-    for doc in dbs.level("usage_platform", generation).find({"period": period}):
+    for doc in map(
+        platform.unpack, dbs.level("usage_platform", generation).find({"period": period})
+    ):
         for n, org in enumerate(doc["orgs"]):
             found[(org, doc["key"])] = tuple(
                 doc[m][n] for m in ("conversations", "messages", "handoffs")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bson import ObjectId
 
-from etl import runner
+from etl import platform, runner
 from etl.db import Databases, connect
 from etl.settings import EMBEDDED_CACHE, Settings
 from tests.drills.conftest import ServerProcess
@@ -78,7 +78,7 @@ def check(dbs: Databases, groups: int, depth: int) -> bool:
         print(f"{name:<20} {have}", flush=True)
     for period in ("day", "month"):
         have = {"conversations": 0, "messages": 0}
-        for doc in dbs.level("usage_platform").find({"period": period}):
+        for doc in map(platform.unpack, dbs.level("usage_platform").find({"period": period})):
             have["conversations"] += sum(doc["conversations"])
             have["messages"] += sum(doc["messages"])
         ok &= have == want
