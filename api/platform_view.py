@@ -12,7 +12,7 @@ over every line, which the tests check.
 """
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -109,10 +109,9 @@ def page_cells(placed: list[Placed], ids: set[str], buckets: int) -> dict[str, l
     empty = Cell()
     cells = {org: [empty] * buckets for org in ids}
     for index, doc in placed:
-        blobs = doc[USERS_HLL]
-        for n, org in enumerate(doc["orgs"]):
-            if org not in ids:
-                continue
+        blobs, orgs = doc[USERS_HLL], doc["orgs"]
+        for n in positions(orgs, ids):
+            org = orgs[n]
             cell = cells[org][index]
             if cell is empty:
                 cell = cells[org][index] = Cell()
@@ -185,15 +184,22 @@ def positions(orgs: list[str], wanted: set[str]) -> list[int]:
 Pooled = tuple[Doc, set[int], set[int]]  # a document, its positions left out and on the page
 
 
-def flagged_blobs(docs: list[Pooled], several_periods: bool) -> Iterator[tuple[bytes, bool]]:
+def flagged_blobs(
+    docs: list[Pooled], several_periods: bool
+) -> Iterator[tuple[Sequence[bytes | None], bool]]:
     """The sketches of a bucket's organizations but those left out, by organization id then
-    period, each flagged true unless on the page. One period's documents are in organization
-    order already; several periods' are not."""
+    period, in runs flagged true unless on the page. One period's documents are in
+    organization order already; several periods' are not."""
     if not several_periods:
         for doc, skipped, on_page in docs:
-            for n, blob in enumerate(doc[USERS_HLL]):
-                if blob and n not in skipped:
-                    yield blob, n not in on_page
+            blobs = doc[USERS_HLL]
+            start = 0
+            for n in sorted(skipped | on_page):
+                yield blobs[start:n], True
+                if n in on_page:
+                    yield blobs[n : n + 1], False
+                start = n + 1
+            yield blobs[start:], True
         return
     entries = [
         (doc["orgs"][n], doc["key"], blob, n not in on_page)
@@ -203,7 +209,7 @@ def flagged_blobs(docs: list[Pooled], several_periods: bool) -> Iterator[tuple[b
     ]
     entries.sort(key=lambda entry: entry[:3])
     for _, _, blob, flag in entries:
-        yield blob, flag
+        yield (blob,), flag
 
 
 class Pool:

@@ -13,7 +13,7 @@ would halve the largest row and widen the intervals by 40 %; 13 would double bot
 row and the cost of a union to narrow them by 30 %. Adoption trends read at a couple of percent.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import datasketches
@@ -74,17 +74,22 @@ class Union:
         return Estimate(round(value), min(round(value), round(low)), max(round(value), round(high)))
 
 
-def union_and_part(blobs: Iterable[tuple[bytes, bool]]) -> tuple[Union, Union]:
-    """The union of every blob, and the union of those flagged true, each blob read once:
-    in the order given, both give what `union` gives of the same blobs."""
+def union_and_part(runs: Iterable[tuple[Sequence[bytes | None], bool]]) -> tuple[Union, Union]:
+    """The union of every blob of `runs`, and the union of those in runs flagged true, each
+    blob read once: in the order given, both give what `union` gives of the same blobs.
+    A run is a sequence of blobs (None or empty: no users) and its flag."""
     every, part = Union(), Union()
-    for blob, flagged in blobs:
-        sketch = datasketches.hll_sketch.deserialize(bytes(blob))
-        every._union.update(sketch)
-        every.empty = False
-        if flagged:
-            part._union.update(sketch)
-            part.empty = False
+    deserialize = datasketches.hll_sketch.deserialize
+    into_every, into_part = every._union.update, part._union.update
+    for blobs, flagged in runs:
+        for blob in blobs:
+            if blob:
+                sketch = deserialize(blob)
+                into_every(sketch)
+                every.empty = False
+                if flagged:
+                    into_part(sketch)
+                    part.empty = False
     return every, part
 
 
