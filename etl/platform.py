@@ -115,11 +115,9 @@ def unpack(doc: Doc) -> Doc:
     if not doc.get(PACKED):
         return doc
     ids = bytes(doc["orgs"]).hex()
-    blobs, ends, start = bytes(doc[USERS_HLL]), _unlongs(doc[HLL_ENDS]), 0
-    sketches: list[bytes | None] = []
-    for end in ends:
-        sketches.append(blobs[start:end] if end > start else None)
-        start = end
+    blobs, ends = bytes(doc[USERS_HLL]), _unlongs(doc[HLL_ENDS])
+    starts = [0, *ends[:-1]]
+    sketches = [blobs[start:end] or None for start, end in zip(starts, ends, strict=True)]
     unpacked = {key: value for key, value in doc.items() if key not in (PACKED, HLL_ENDS)}
     unpacked["orgs"] = [ids[n : n + 24] for n in range(0, len(ids), 24)]
     for name in (*MEASURES, USERS):
