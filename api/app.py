@@ -227,11 +227,16 @@ class KeyCache:
         return self.verify(secret)
 
     def verify(self, secret: str) -> auth.Principal | None:
-        """The key's principal, looked up now, and remembered for `ttl`."""
+        """The key's principal, looked up now, and remembered for `ttl` from the moment the
+        lookup began, unless a lookup that began later has already answered."""
+        began = time.monotonic()
         principal = self.lookup(secret)
         if self.ttl > 0:
             with self.lock:
-                self.entries[secret] = (time.monotonic(), principal)
+                newer = self.entries.get(secret)
+                if newer is not None and newer[0] > began:
+                    return newer[1]
+                self.entries[secret] = (began, principal)
                 self.entries.move_to_end(secret)
                 while len(self.entries) > self.size:
                     self.entries.popitem(last=False)

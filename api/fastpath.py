@@ -2,8 +2,9 @@
 
 The response cache is keyed by the caller's key id and exact query string, today's date and
 what is served (see `UsageService`), so a warm call costs about what a trivial endpoint does.
-Anything not already answered once, a key not verified recently, or served state due for a
-look goes on to the app.
+Anything not already answered once, a key not verified within two periods, or served state
+not read within two periods goes on to the app (a look due sooner runs in the background, see
+`api.background`).
 """
 
 from collections.abc import Callable

@@ -4,6 +4,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any, Literal
@@ -569,11 +570,18 @@ class UsageService:
     """Answers usage queries from the served generation, caching whole responses.
 
     A response is cached under the `Served.token` read before it was computed, so a body
-    can never outlive the data it came from.
+    outlives the data it came from only until the next look at what is served (at most two
+    periods of `check_seconds`, see `api.background`).
     """
 
-    def __init__(self, dbs: Databases, check_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        dbs: Databases,
+        check_seconds: float = 2.0,
+        read: Callable[[Databases], Served] = read_served,
+    ) -> None:
         self.dbs = dbs
+        self.read = read
         self.settings = dbs.settings
         self.check_seconds = check_seconds
         self._cache: OrderedDict[tuple[CacheKey, str], bytes] = OrderedDict()
@@ -593,8 +601,9 @@ class UsageService:
         """What is served, re-read from the database at most every `check_seconds`."""
         with self._refresh_lock:  # one reader of the run records at a time
             if self._due():
-                self._served = read_served(self.dbs)
-                self._checked = time.monotonic()
+                began = time.monotonic()
+                self._served = self.read(self.dbs)
+                self._checked = began
             assert self._served is not None
             return self._served
 

@@ -19,7 +19,6 @@ organizations' entries are replaced by their new rows and the others' kept as th
 stored (they did not change).
 """
 
-import re
 import sys
 from array import array
 from collections.abc import Container, Iterable
@@ -31,10 +30,17 @@ from pymongo.collection import Collection
 
 from etl.db import Doc
 from etl.lattice import MEASURES, USERS, USERS_HLL
+from etl.settings import OBJECT_ID_HEX
 
 # At most 2,088 bytes of sketch and some 80 of figures an organization: a chunk stays far
 # below the 16 MB document limit whatever its organizations' sizes.
 CHUNK = 2000
+
+
+PACKED = "packed"  # the field that marks a packed document, holding its format's version
+FORMAT = 1
+HLL_ENDS = "users_hll_ends"
+LONG = "q"  # 64-bit signed integers: a month's messages of one organization fit in any case
 
 
 @dataclass(frozen=True)
@@ -68,12 +74,6 @@ def chunks(period: Period, rows: Iterable[Doc]) -> list[Doc]:
     return docs
 
 
-PACKED = "packed"  # the field that marks a packed document, holding the format's version
-HLL_ENDS = "users_hll_ends"
-OBJECT_ID = re.compile(r"[0-9a-f]{24}")
-LONG = "q"  # 64-bit signed integers: a month's messages of one organization fit in any case
-
-
 def _longs(values: list[int]) -> Binary:
     packed = array(LONG, values)
     if sys.byteorder == "big":
@@ -92,7 +92,7 @@ def _unlongs(data: bytes) -> list[int]:
 def pack(doc: Doc) -> Doc:
     """`doc` (columns as lists) with each column packed into one binary value. Left as
     lists if an id is not an ObjectId's lowercase hex, which the source never yields."""
-    if not all(isinstance(org, str) and OBJECT_ID.fullmatch(org) for org in doc["orgs"]):
+    if not all(isinstance(org, str) and OBJECT_ID_HEX.fullmatch(org) for org in doc["orgs"]):
         return doc
     blobs = [bytes(blob) if blob else b"" for blob in doc[USERS_HLL]]
     ends, end = [], 0
@@ -101,7 +101,7 @@ def pack(doc: Doc) -> Doc:
         ends.append(end)
     return {
         **doc,
-        PACKED: 1,
+        PACKED: FORMAT,
         "orgs": Binary(bytes.fromhex("".join(doc["orgs"]))),
         **{name: _longs(doc[name]) for name in (*MEASURES, USERS)},
         USERS_HLL: Binary(b"".join(blobs)),
@@ -112,8 +112,14 @@ def pack(doc: Doc) -> Doc:
 def unpack(doc: Doc) -> Doc:
     """A stored document with its columns as lists, whether stored packed or not; a
     missing sketch is None."""
-    if not doc.get(PACKED):
+    packed = doc.get(PACKED)
+    if not packed:
         return doc
+    if packed != FORMAT:
+        raise ValueError(
+            f"platform document {doc['_id']} is in format {packed}, which this version cannot"
+            " read: a newer version wrote it"
+        )
     ids = bytes(doc["orgs"]).hex()
     blobs, ends = bytes(doc[USERS_HLL]), _unlongs(doc[HLL_ENDS])
     starts = [0, *ends[:-1]]

@@ -391,11 +391,16 @@ def test_packing_keeps_every_figure_and_sketch_and_leaves_other_ids_as_lists() -
         "users_hll": [b"\x01\x02", None, b"\x03" * 40],
     }
     packed = platform.pack(doc)
-    assert isinstance(packed["orgs"], bytes) and len(packed["orgs"]) == 36
+    assert bytes(packed["orgs"]) == b"".join(bytes.fromhex(org) for org in ids)
+    assert bytes(packed["messages"]) == b"".join(n.to_bytes(8, "little") for n in (3, 2**62, 0))
+    assert bytes(packed["users_hll"]) == b"\x01\x02" + b"\x03" * 40
+    assert bytes(packed["users_hll_ends"]) == b"".join(n.to_bytes(8, "little") for n in (2, 2, 42))
     assert platform.unpack(packed) == doc
     assert platform.unpack(doc) is doc
     odd = {**doc, "orgs": ["not-an-object-id", *ids[1:]]}
     assert platform.pack(odd) == odd
+    with pytest.raises(ValueError, match="format 2, which this version cannot read"):
+        platform.unpack({**packed, platform.PACKED: 2})
 
 
 def test_a_rollup_from_before_the_platform_level_is_served_from_organization_rows(
