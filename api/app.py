@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from pymongo.errors import PyMongoError
 
 from api import auth, metrics
-from api.background import Looks
+from api.background import Failures, Looks, one_line
 from api.buckets import GranularityChoice, Scope
 from api.edge import Edge
 from api.fastpath import USAGE_PATH, FastPath
@@ -195,14 +195,19 @@ class KeyCache:
     """
 
     def __init__(
-        self, db_lookup: Callable[[str], auth.Principal | None], ttl: float, size: int = 4096
+        self,
+        db_lookup: Callable[[str], auth.Principal | None],
+        ttl: float,
+        size: int = 4096,
+        describe: Callable[[Exception], str] = str,
     ) -> None:
         self.lookup = db_lookup
         self.ttl = ttl
         self.size = size
         self.entries: OrderedDict[str, tuple[float, auth.Principal | None]] = OrderedDict()
         self.lock = threading.Lock()
-        self.looks = Looks()
+        self.looks = Looks(describe)
+        self.failures = Failures()
 
     def cached(self, secret: str) -> auth.Principal | None:
         """The principal of a key verified within `ttl`, without waiting on the database.
@@ -229,8 +234,13 @@ class KeyCache:
     def verify(self, secret: str) -> auth.Principal | None:
         """The key's principal, looked up now, and remembered for `ttl` from the moment the
         lookup began, unless a lookup that began later has already answered."""
+        self.failures.raise_recent(self.ttl)
         began = time.monotonic()
-        principal = self.lookup(secret)
+        try:
+            principal = self.lookup(secret)
+        except PyMongoError as error:
+            self.failures.remember(error)
+            raise
         if self.ttl > 0:
             with self.lock:
                 newer = self.entries.get(secret)
@@ -390,7 +400,9 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
     )
     app.state.service = UsageService(dbs, settings.cache_check_seconds)
     app.state.keys = KeyCache(
-        lambda s: auth.authenticate(dbs.rollup, s), settings.cache_check_seconds
+        lambda s: auth.authenticate(dbs.rollup, s),
+        settings.cache_check_seconds,
+        describe=lambda error: one_line(error, dbs.uri),
     )
     app.state.clock = clock
 

@@ -16,19 +16,44 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
+from pymongo.errors import ConnectionFailure, PyMongoError
+
+from etl.db import plain_error
+
 log = logging.getLogger("usage.api")
 
 # A database that is down fails every look: one warning a minute says so.
 WARN_EVERY_SECONDS = 60.0
 
 
-class Looks:
-    """At most one look per entry running at a time, each in a daemon thread."""
+class Failures:
+    """The last failure to read the database, so that callers fail fast while it is down:
+    one after another, each would otherwise wait out its own timeout (seconds each)."""
 
     def __init__(self) -> None:
+        self._at = float("-inf")
+        self._error: PyMongoError | None = None
+
+    def remember(self, error: PyMongoError) -> None:
+        self._error, self._at = error, time.monotonic()
+
+    def raise_recent(self, within: float) -> None:
+        """Raise (a copy of) the failure if it happened less than `within` seconds ago."""
+        error = self._error
+        if error is not None and time.monotonic() - self._at < within:
+            kind = ConnectionFailure if isinstance(error, ConnectionFailure) else PyMongoError
+            raise kind(str(error))
+
+
+class Looks:
+    """At most one look per entry running at a time, each in a daemon thread. A failed
+    look is logged (`describe` gives its line) at most once a minute."""
+
+    def __init__(self, describe: Callable[[Exception], str] = str) -> None:
         self._running: set[Hashable] = set()
         self._lock = threading.Lock()
         self._warned = -WARN_EVERY_SECONDS
+        self._describe = describe
 
     def start(self, entry: Hashable, look: Callable[[], object]) -> bool:
         """Starts `look` unless a look at `entry` is already running; true if it started."""
@@ -66,4 +91,9 @@ class Looks:
         now = time.monotonic()
         if now - self._warned >= WARN_EVERY_SECONDS:
             self._warned = now
-            log.warning("background look at the database failed: %s", error)
+            log.warning("background look at the database failed: %s", self._describe(error))
+
+
+def one_line(error: Exception, uri: str) -> str:
+    """A failed look as one line: a database error without its topology dump or secrets."""
+    return plain_error(error, uri) if isinstance(error, PyMongoError) else str(error)

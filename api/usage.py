@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 from bson import ObjectId
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from api import platform_view
 from api.auth import Principal, is_object_id
-from api.background import Looks
+from api.background import Failures, Looks, one_line
 from api.buckets import (
     Bucket,
     Granularity,
@@ -589,7 +590,8 @@ class UsageService:
         self._checked = 0.0
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
-        self._looks = Looks()
+        self._looks = Looks(lambda error: one_line(error, dbs.uri))
+        self._failures = Failures()
         # For /metrics: plain counts, so a warm call pays no more than an addition.
         self.hits = 0
         self.misses = 0
@@ -601,8 +603,13 @@ class UsageService:
         """What is served, re-read from the database at most every `check_seconds`."""
         with self._refresh_lock:  # one reader of the run records at a time
             if self._due():
+                self._failures.raise_recent(self.check_seconds)
                 began = time.monotonic()
-                self._served = self.read(self.dbs)
+                try:
+                    self._served = self.read(self.dbs)
+                except PyMongoError as error:
+                    self._failures.remember(error)
+                    raise
                 self._checked = began
             assert self._served is not None
             return self._served

@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     cache_entries: int = Field(default=512, ge=0)
     # Rows replaced in one transaction, at most (a single day is never split).
     transaction_rows: int = Field(default=20_000, ge=1)
-    # How often the API looks for a newer completed run (and re-checks a cached key).
-    cache_check_seconds: float = Field(default=2.0, ge=0)
+    # How often the API looks for a newer completed run (and re-checks a cached key): at most
+    # an hour, so that a revoked key is refused within two.
+    cache_check_seconds: float = Field(default=2.0, ge=0, le=3600)
     # Operability: the freshness threshold, logs and metrics (README, "Monitoring").
     max_lag_hours: float = Field(default=DEFAULT_MAX_LAG_HOURS, gt=0)
     log_format: Literal["text", "json"] | None = None

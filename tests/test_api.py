@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from pymongo.errors import ConnectionFailure, ServerSelectionTimeoutError
 
 from api import auth
 from api.app import KeyCache, create_app, csv_cell
@@ -20,6 +22,7 @@ from api.usage import UsageService, read_served
 from etl import ledger, platform
 from etl.db import Databases
 from etl.definition import of_settings
+from etl.settings import Settings
 from tests.factories import (
     BOT_1,
     BOT_2,
@@ -673,6 +676,51 @@ def test_a_key_whose_look_hangs_is_refused_after_two_periods(
     time.sleep(1.0)
     assert keys.cached(secret) is None
     gate.opened.set()
+
+
+def test_while_the_database_is_down_callers_fail_fast_instead_of_each_waiting_it_out(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    dbs = make_dbs()
+    calls: list[str] = []
+
+    def down(*args: Any) -> Any:
+        calls.append("read")
+        raise ServerSelectionTimeoutError("No servers found yet, Timeout: 5s, Topology: ...")
+
+    service = UsageService(dbs, check_seconds=0.5, read=down)
+    keys = KeyCache(down, ttl=0.5)
+    for _ in range(3):
+        with pytest.raises(ConnectionFailure):
+            service.served()
+        with pytest.raises(ConnectionFailure):
+            keys.get("usk_" + "k" * 43)
+    assert calls == ["read", "read"]  # once each: the others failed on the remembered error
+    time.sleep(0.55)
+    with pytest.raises(ConnectionFailure):
+        service.served()
+    assert calls == ["read", "read", "read"]
+
+
+def test_a_failed_look_logs_one_line_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    looks = Looks(describe=lambda error: "cannot reach MongoDB at mongodb://db/")
+
+    def fail() -> None:
+        raise ServerSelectionTimeoutError("No servers found yet, Timeout: 5s, Topology: ...")
+
+    for entry in ("a", "b"):
+        assert looks.start(entry, fail)
+        wait_until(lambda: not looks.running(entry), "the look never ended")  # noqa: B023
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "background look at the database failed: cannot reach MongoDB at mongodb://db/"
+    ]
+
+
+def test_the_look_period_is_at_most_an_hour() -> None:
+    for bad in (float("inf"), 3601):
+        with pytest.raises(ValidationError, match="cache_check_seconds"):
+            Settings(_env_file=None, cache_check_seconds=bad)  # type: ignore[call-arg]
 
 
 def test_one_look_at_a_time_per_entry() -> None:
