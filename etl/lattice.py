@@ -33,6 +33,13 @@ class Level:
             (row["org_id"], row["agent_id"], period) if self.by_agent else (row["org_id"], period)
         )
 
+    def ids_of(self, orgs: Iterable[str], periods: Iterable[str]) -> list[str]:
+        """The `_id`s of the rows `orgs` would have in `periods` (days or months) of a level
+        without agents: its rows' ids are their keys (see `summarize`), one per organization
+        and period, so these name every row of theirs that can exist."""
+        assert not self.by_agent, "a level by agent has no row id without its agents"
+        return [":".join((org, period)) for org in sorted(orgs) for period in sorted(periods)]
+
     def of_month(self, month: str) -> Doc:
         """The filter selecting this level's rows of a month."""
         if self.period == "month":

@@ -262,6 +262,11 @@ def derive_months(
                 which = {"day": {"$in": rewritten}}
             derived[level] = lattice.summarize(selected, level)
             queries = [{**which, **of} for of in of_orgs]
+            if isinstance(orgs, set) and not level.by_agent:
+                # Its rows of named organizations by their ids: a query or a few, rather
+                # than one an organization.
+                periods = rewritten if level.period == "day" else [month]
+                queries = id_queries(level.ids_of(orgs, periods))
             replace_rows(stored, queries, derived[level], session)
         by_day: dict[str, list[Doc]] = {day: [] for day in rewritten}
         for row in derived.get(lattice.ORG_DAILY, []):
@@ -269,6 +274,11 @@ def derive_months(
         months_rows = {month: derived[lattice.ORG_MONTHLY]} if by_month else {}
         stored = dbs.level(USAGE_PLATFORM, generation)
         platform.write_levels(stored, by_day, months_rows, session, orgs)
+
+
+def id_queries(ids: list[str]) -> list[Doc]:
+    """Filters that together select the rows of `ids`, LONG_IN ids each."""
+    return [{"_id": {"$in": ids[at : at + LONG_IN]}} for at in range(0, len(ids), LONG_IN)]
 
 
 def org_queries(orgs: set[str] | OrgRange | None) -> list[Doc]:
