@@ -7,7 +7,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from api.app import create_app
-from etl.db import Databases
+from etl.db import Databases, for_requests
 
 
 def make_server(dbs: Databases, host: str, port: int, log_level: str = "info") -> uvicorn.Server:
@@ -26,7 +26,8 @@ def make_server(dbs: Databases, host: str, port: int, log_level: str = "info") -
 
 
 def serve_forever(dbs: Databases, host: str, port: int) -> None:
-    make_server(dbs, host, port).run()
+    with for_requests(dbs) as reading:
+        make_server(reading, host, port).run()
 
 
 def start_in_thread(server: uvicorn.Server, timeout: float = 10.0) -> threading.Thread:

@@ -167,12 +167,20 @@ class Databases:
         self.client.close()
 
 
-def connect(settings: Settings, uri: str, transactions: bool | None = None) -> Databases:
-    """Open a client on `uri` (no I/O until first use)."""
+def connect(
+    settings: Settings,
+    uri: str,
+    transactions: bool | None = None,
+    socket_timeout_ms: int | None = None,
+) -> Databases:
+    """Open a client on `uri` (no I/O until first use). Given `socket_timeout_ms`, a reply
+    the server does not send within it fails its operation (None: waits as long as the
+    connection stays open)."""
     client: MongoClient[Doc] = MongoClient(
         uri,
         serverSelectionTimeoutMS=settings.server_selection_timeout_ms,
         connectTimeoutMS=settings.server_selection_timeout_ms,
+        socketTimeoutMS=socket_timeout_ms,
         appname="usage-analytics",
         tz_aware=False,
     )
@@ -184,6 +192,17 @@ def connect(settings: Settings, uri: str, transactions: bool | None = None) -> D
         settings=settings,
         transactions=transactions,
     )
+
+
+@contextlib.contextmanager
+def for_requests(dbs: Databases) -> Iterator[Databases]:
+    """A client of the same database for the API: one reply it waits for longer than
+    `api_read_timeout_ms` fails its request (503) rather than holding it."""
+    reading = connect(dbs.settings, dbs.uri, dbs.transactions, dbs.settings.api_read_timeout_ms)
+    try:
+        yield reading
+    finally:
+        reading.close()
 
 
 @contextlib.contextmanager

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     org_names_collection: str | None = None
     agent_names_collection: str = "faq_kbs"
     server_selection_timeout_ms: int = Field(default=5000, ge=100)
+    # How long the API waits for one reply of the database before answering 503: a stalled
+    # server or network must not hold requests forever. The rollup's commands wait as long as
+    # the database works (a backfill's aggregation may take minutes).
+    api_read_timeout_ms: int = Field(default=5000, ge=100)
     read_preference: str = "secondaryPreferred"
     lock_wait_seconds: float = Field(default=30.0, ge=0)
     lease_seconds: float = Field(default=300.0, ge=5)

@@ -1,5 +1,6 @@
 """The usage API through the TestClient, on rows written straight into `usage_daily`."""
 
+import contextlib
 import csv
 import io
 import re
@@ -20,7 +21,7 @@ from api.app import KeyCache, create_app, csv_cell
 from api.background import Looks
 from api.usage import UsageService, read_served
 from etl import ledger, platform
-from etl.db import Databases
+from etl.db import Databases, connect, for_requests
 from etl.definition import of_settings
 from etl.settings import Settings
 from tests.factories import (
@@ -32,6 +33,7 @@ from tests.factories import (
     set_platform_figure,
     store_rows,
 )
+from tests.stall import stalling
 
 NOW = datetime(2026, 11, 25, 12, 0)
 A, B, INTERNAL = "65e18830a0616000137bb854", "65e18830a0616000137bb855", "65e18830a0616000137bb8ff"
@@ -505,6 +507,46 @@ def test_an_unreachable_database_gets_503_not_500(
             assert (health.status_code, health.json()["status"]) == (503, "unavailable")
     finally:
         down.close()
+
+
+def test_a_stalled_database_gets_503_within_the_read_timeout_and_the_api_recovers(
+    make_dbs: Callable[..., Databases], server_uri: str
+) -> None:
+    """Replies that never come (a hung server, a network dropping packets) fail a request
+    after `api_read_timeout_ms`, not never; once they flow again, requests are answered."""
+    dbs = make_dbs(api_read_timeout_ms=400, cache_check_seconds=0.2)
+    store_rows(dbs, ROWS)
+    add_run(dbs, "2026-11-24", datetime(2026, 11, 25, 2, 30))
+    staff = {"Authorization": f"Bearer {auth.create_key(dbs.rollup, 's', None, NOW)[1]}"}
+    path = "/api/aggregations/usage?start=2026-09-01&end=2026-10-{}"
+    with (
+        stalling(server_uri) as proxy,
+        contextlib.closing(connect(dbs.settings, proxy.uri)) as proxied,
+        for_requests(proxied) as reading,
+        TestClient(create_app(reading, clock=lambda: NOW)) as client,
+    ):
+        assert client.get(path.format(31), headers=staff).status_code == 200
+        proxy.stall()
+        started = time.monotonic()
+        stalled = client.get(path.format(30), headers=staff)  # not cached: reads the rows
+        waited = time.monotonic() - started
+        assert stalled.status_code == 503, stalled.text
+        assert stalled.json() == {"detail": "the database is unavailable; try again"}
+        assert waited < 3.0, waited  # the read timeout and a look's, not forever
+        proxy.resume()
+        deadline = time.monotonic() + 15
+        while (answer := client.get(path.format(29), headers=staff)).status_code != 200:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.2)
+        assert [r["id"] for r in answer.json()["rows"]] == [INTERNAL, A, B]  # 100, 6, 5
+
+
+def test_the_commands_client_has_no_read_timeout_and_the_apis_has(dbs: Databases) -> None:
+    """A backfill's aggregation may take minutes: only the API's replies are bounded."""
+    assert dbs.client.options.pool_options.socket_timeout is None
+    with for_requests(dbs) as reading:
+        assert reading.client.options.pool_options.socket_timeout == 5.0
+        assert (reading.uri, reading.settings) == (dbs.uri, dbs.settings)
 
 
 def test_clipped_months_count_only_their_days(api: Api) -> None:
