@@ -433,6 +433,46 @@ def sort_lines(
     return [line for _, line in present] + [line for value, line in valued if value is None]
 
 
+# The sorts a platform page ranks from sums alone (see `platform_page`); users and change
+# need every organization's cells.
+PAGED_SORTS = (*MEASURES, "avg_depth", "name")
+
+
+def ranked_ids(
+    orgs: set[str],
+    query: UsageQuery,
+    summed: dict[str, int],
+    placed: list["platform_view.Placed"],
+    excluded: set[str],
+    names: dict[str, str],
+) -> list[str]:
+    """`orgs` in the order `sort_lines` gives their lines, from `summed` (each one's sum of
+    the measure sorted by, or of conversations) and the names: ties by id, missing values
+    last."""
+    if query.sort == "name":
+
+        def rank(org: str) -> Any:
+            return names.get(org, org).casefold()
+
+    elif query.sort == "avg_depth":
+        messages = platform_view.values(placed, "messages", excluded)
+
+        def rank(org: str) -> Any:
+            conversations = summed.get(org, 0)
+            return messages.get(org, 0) / conversations if conversations else None
+
+    else:
+
+        def rank(org: str) -> Any:
+            return summed.get(org, 0)
+
+    valued = [(rank(org), org) for org in sorted(orgs)]
+    present = [pair for pair in valued if pair[0] is not None]
+    # Sorting is stable, also reversed: equal values keep the id order.
+    present.sort(key=lambda pair: pair[0], reverse=query.order == "desc")
+    return [org for _, org in present] + [org for value, org in valued if value is None]
+
+
 @dataclass(frozen=True)
 class Page:
     rows: list[Line]
@@ -728,23 +768,23 @@ class UsageService:
         args = (query.granularity == "month", served.generation, self.stale(served))
         excluded = self.excluded(query)
         placed = platform_view.read(self.dbs, buckets, *args)
-        value = platform_view.values(placed, query.sort, excluded)
+        summed = query.sort if query.sort in MEASURES else "conversations"
+        value = platform_view.values(placed, summed, excluded)
         active = set(value)
         before: list[Bucket] | None = None
         placed_before: list[platform_view.Placed] = []
         if query.compare == "previous":
             before = previous_buckets(buckets, query.granularity, settings.week_start_index)
             placed_before = platform_view.read(self.dbs, before, *args)
-            active |= set(platform_view.values(placed_before, query.sort, excluded))
+            active |= set(platform_view.values(placed_before, summed, excluded))
         names: dict[str, str] = {}
         matching = active
-        if query.q is not None:
+        if query.q is not None or query.sort == "name":
             names = self.names(query, sorted(active))
+        if query.q is not None:
             matching = {org for org in active if matches(org, names, query.q)}
             excluded = excluded | (active - matching)
-        # Ties by id, in either order (a stable sort keeps the id order).
-        ranked = sorted(matching)
-        ranked.sort(key=lambda org: value.get(org, 0), reverse=query.order == "desc")
+        ranked = ranked_ids(matching, query, value, placed, excluded, names)
         ids = ranked[query.offset : query.offset + query.limit]
         chosen = set(ids)
 
@@ -767,7 +807,7 @@ class UsageService:
         every_name = query.q is not None or query.sort == "name"
         fast = (
             self.from_platform_level(query, served)
-            and query.sort in MEASURES
+            and query.sort in PAGED_SORTS
             and query.limit is not None
         )
         if fast:

@@ -209,7 +209,7 @@ def platform_dbs(make_dbs: Any) -> Databases:
             created = datetime(2026, 8, 1, 9) + timedelta(days=rng.randrange(92))
             lead = f"{org}-{rng.randrange(3)}"
             docs.append(
-                make_request(createdAt=created, id_organization=org, lead=lead, depth=3 + n)
+                make_request(createdAt=created, id_organization=org, lead=lead, depth=3 + n % 4)
             )
     dbs.source.requests.insert_many(docs)
     names = ["Alpha", "Beta", "Alphabet", "Gamma", "ALPINE"]
@@ -234,6 +234,14 @@ QUERIES = [
     {"limit": 3, "compare": "previous", "start": "2026-09-01", "end": "2026-10-31"},
     {"limit": 2, "compare": "previous", "start": "2026-09-10", "end": "2026-10-03"},
     {"limit": 3, "sort": "users"},
+    {"limit": 3, "sort": "avg_depth"},
+    {"limit": 2, "offset": 1, "sort": "avg_depth", "order": "asc"},
+    {"limit": 3, "sort": "avg_depth", "compare": "previous", "start": "2026-10-01"},
+    {"limit": 2, "offset": 2, "sort": "avg_depth", "compare": "previous", "start": "2026-10-17"},
+    {"limit": 9, "sort": "avg_depth", "order": "asc", "compare": "previous", "start": "2026-10-17"},
+    {"limit": 3, "sort": "name", "order": "asc"},
+    {"limit": 2, "offset": 2, "sort": "name", "order": "desc", "compare": "previous"},
+    {"limit": 2, "sort": "name", "q": "alp"},
     {"limit": 3, "q": "65e1"},
     {"limit": 2, "q": "alp"},
     {"limit": 2, "offset": 1, "q": "ALP", "compare": "previous"},
