@@ -42,7 +42,7 @@ from api.usage import (
     read_served,
     resolve_query,
 )
-from etl import freshness, rollup, runs
+from etl import freshness, platform, rollup, runs
 from etl.db import Databases, DatabaseUnavailable, plain_error
 from etl.jobs import utcnow
 from etl.settings import Settings
@@ -457,6 +457,11 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         return JSONResponse(
             {"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
         )
+
+    @app.exception_handler(platform.UnreadableDocument)
+    def unreadable(request: Request, exc: platform.UnreadableDocument) -> JSONResponse:
+        log.error("unreadable rollup", extra={"path": request.url.path, "error": str(exc)})
+        return JSONResponse({"detail": str(exc)}, status_code=500)
 
     @app.exception_handler(PyMongoError)
     def database_down(request: Request, exc: PyMongoError) -> JSONResponse:

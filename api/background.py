@@ -24,49 +24,61 @@ log = logging.getLogger("usage.api")
 
 # A database that is down fails every look: one warning a minute says so.
 WARN_EVERY_SECONDS = 60.0
+# How long, at most, callers fail at once after a request found the database unreachable.
+FAIL_FAST_SECONDS = 5.0
+# Looks running at once, at most: past that, entries age out and requests wait instead.
+MOST_LOOKS = 16
 
 
 class Failures:
-    """The last failure to read the database, so that callers fail fast while it is down:
-    one after another, each would otherwise wait out its own timeout (seconds each)."""
+    """The last failure to reach the database, so that callers fail fast while it is down:
+    one after another, each would otherwise wait out its own timeout (seconds each). Only a
+    connection failure counts (an unreachable server, a reply that timed out), and for a
+    few seconds at most: a request after that tries the database again."""
 
     def __init__(self) -> None:
         self._at = float("-inf")
-        self._error: PyMongoError | None = None
+        self._error: ConnectionFailure | None = None
 
     def remember(self, error: PyMongoError) -> None:
-        self._error, self._at = error, time.monotonic()
+        if isinstance(error, ConnectionFailure):
+            self._error, self._at = error, time.monotonic()
 
     def raise_recent(self, within: float) -> None:
-        """Raise (a copy of) the failure if it happened less than `within` seconds ago."""
+        """Raise (a copy of) the last connection failure if it happened less than `within`
+        seconds ago (and less than FAIL_FAST_SECONDS)."""
         error = self._error
-        if error is not None and time.monotonic() - self._at < within:
-            kind = ConnectionFailure if isinstance(error, ConnectionFailure) else PyMongoError
-            raise kind(str(error))
+        if error is not None and time.monotonic() - self._at < min(within, FAIL_FAST_SECONDS):
+            raise ConnectionFailure(str(error))
 
 
 class Looks:
-    """At most one look per entry running at a time, each in a daemon thread. A failed
-    look is logged (`describe` gives its line) at most once a minute."""
+    """At most one look per entry running at a time, each in a daemon thread, and at most
+    `most` at once. A look that failed on the database is logged (`describe` gives its line)
+    at most once a minute; any other failure is a fault, logged with its traceback."""
 
-    def __init__(self, describe: Callable[[Exception], str] = str) -> None:
+    def __init__(self, describe: Callable[[Exception], str] = str, most: int = MOST_LOOKS) -> None:
         self._running: set[Hashable] = set()
         self._lock = threading.Lock()
         self._warned = -WARN_EVERY_SECONDS
         self._describe = describe
+        self._most = most
 
     def start(self, entry: Hashable, look: Callable[[], object]) -> bool:
-        """Starts `look` unless a look at `entry` is already running; true if it started."""
+        """Starts `look` unless a look at `entry` is already running or `most` are; true if
+        it started."""
         with self._lock:
-            if entry in self._running:
+            if entry in self._running or len(self._running) >= self._most:
                 return False
             self._running.add(entry)
 
         def run() -> None:
             try:
                 look()
-            except Exception as error:  # the stale entry ages out; a caller then sees the error
+            except PyMongoError as error:  # the entry ages out; a caller then sees the error
                 self._warn(error)
+            except Exception:
+                log.exception("background look failed")
             finally:
                 self._done(entry)
 
@@ -88,6 +100,7 @@ class Looks:
             self._running.discard(entry)
 
     def _warn(self, error: Exception) -> None:
+        """One line a minute for a failure the database or the machine explains."""
         now = time.monotonic()
         if now - self._warned >= WARN_EVERY_SECONDS:
             self._warned = now

@@ -627,7 +627,9 @@ class UsageService:
         self.check_seconds = check_seconds
         self._cache: OrderedDict[tuple[CacheKey, str], bytes] = OrderedDict()
         self._served: Served | None = None
+        # When the last read of what is served began (its age counts from then), and ended.
         self._checked = 0.0
+        self._read_at = 0.0
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._looks = Looks(lambda error: one_line(error, dbs.uri))
@@ -640,9 +642,12 @@ class UsageService:
         return self._served is None or time.monotonic() - self._checked >= self.check_seconds
 
     def served(self) -> Served:
-        """What is served, re-read from the database at most every `check_seconds`."""
+        """What is served, re-read from the database at most every `check_seconds`. A read
+        that ended while the caller waited for the one before it is as fresh as one the
+        caller would make: when reads are slow, waiting callers do not read one after another."""
+        waited = time.monotonic()
         with self._refresh_lock:  # one reader of the run records at a time
-            if self._due():
+            if self._due() and not (self._served is not None and self._read_at >= waited):
                 self._failures.raise_recent(self.check_seconds)
                 began = time.monotonic()
                 try:
@@ -650,7 +655,7 @@ class UsageService:
                 except PyMongoError as error:
                     self._failures.remember(error)
                     raise
-                self._checked = began
+                self._checked, self._read_at = began, time.monotonic()
             assert self._served is not None
             return self._served
 

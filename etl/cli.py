@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 from rich.text import Text
 
-from etl import dates, freshness, ledger, logs, rollup, runner, runs
+from etl import dates, freshness, ledger, logs, platform, rollup, runner, runs
 from etl.db import Databases, DatabaseUnavailable, mask_uri, open_databases, plain_error
 from etl.definition import DefinitionMismatch
 from etl.jobs import utcnow
@@ -76,7 +76,7 @@ def databases(settings: Settings) -> Iterator[Databases]:
         fail(str(exc), EXIT_USAGE)
     except PyMongoError as exc:
         fail(plain_error(exc, settings.mongodb_uri))
-    except rollup.TransactionTooLong as exc:
+    except (rollup.TransactionTooLong, platform.UnreadableDocument) as exc:
         fail(" ".join(str(exc).split()))
 
 

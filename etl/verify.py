@@ -79,7 +79,10 @@ def platform_drifted(dbs: Databases, generation: int, month: str, rows: list[Doc
         lattice.summarize(rows, lattice.ORG_DAILY) + lattice.summarize(rows, lattice.ORG_MONTHLY)
     )
     within = {"period": {"$in": ["day", "month"]}, "key": {"$gte": month, "$lte": f"{month}-31"}}
-    found = platform.rows_of(dbs.level(USAGE_PLATFORM, generation).find(within))
+    try:
+        found = platform.rows_of(dbs.level(USAGE_PLATFORM, generation).find(within))
+    except platform.UnreadableDocument:
+        return True  # what this version cannot read, it cannot serve
     stored = keyed(found)
     if len(stored) != len(found):  # an organization twice in a period
         return True

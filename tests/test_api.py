@@ -14,11 +14,16 @@ import pytest
 from bson import ObjectId
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from pymongo.errors import ConnectionFailure, ServerSelectionTimeoutError
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
 
-from api import auth
+from api import auth, background
 from api.app import KeyCache, create_app, csv_cell
-from api.background import Looks
+from api.background import Failures, Looks
 from api.usage import UsageService, read_served
 from etl import ledger, platform
 from etl.db import Databases, connect, for_requests
@@ -781,6 +786,62 @@ def test_one_look_at_a_time_per_entry() -> None:
     wait_until(lambda: not looks.running("a") and not looks.running("b"), "looks never ended")
     assert sorted(ran) == ["a", "b"]
     assert looks.start("a", lambda: None)
+
+
+def test_callers_waiting_on_a_slow_read_of_what_is_served_take_its_answer(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    """Reads slower than the period (a struggling database): eight callers due at once make
+    one read, not eight in a row, each waiting for the ones before."""
+    dbs = make_dbs()
+    add_run(dbs, "2026-11-24", datetime(2026, 11, 25, 2, 30))
+    reads: list[float] = []
+
+    def slow(dbs: Databases) -> Any:
+        reads.append(time.monotonic())
+        time.sleep(0.3)
+        return read_served(dbs)
+
+    service = UsageService(dbs, check_seconds=0.2, read=slow)
+    answers: list[Any] = []
+    callers = [threading.Thread(target=lambda: answers.append(service.served())) for _ in range(8)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(10)
+    assert len(reads) == 1
+    assert len(answers) == 8 and all(answer is answers[0] for answer in answers)
+    assert answers[0].data_through == date(2026, 11, 24)
+
+
+def test_only_an_unreachable_database_fails_callers_fast_and_only_for_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failures = Failures()
+    failures.remember(OperationFailure("not authorized on usage to execute command"))
+    failures.raise_recent(3600)  # an error the next call may not meet: nothing remembered
+    failures.remember(AutoReconnect("connection closed"))
+    with pytest.raises(ConnectionFailure, match="connection closed"):
+        failures.raise_recent(3600)
+    monkeypatch.setattr(background, "FAIL_FAST_SECONDS", 0.1)
+    time.sleep(0.15)
+    failures.raise_recent(3600)  # a period of an hour: tried again after seconds
+
+
+def test_looks_run_a_bounded_number_at_once_and_a_fault_in_one_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    looks = Looks(most=2)
+    release = threading.Event()
+    assert looks.start("a", lambda: release.wait(10))
+    assert looks.start("b", lambda: release.wait(10))
+    assert not looks.start("c", lambda: None)  # the entry ages out and its callers wait
+    release.set()
+    wait_until(lambda: looks.start("c", lambda: {}["missing"]), "looks never ended")
+    wait_until(lambda: not looks.running("c"), "the look never ended")
+    faults = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in faults] == ["background look failed"]
+    assert faults[0].exc_info is not None and faults[0].exc_info[0] is KeyError
 
 
 def test_days_never_computed_are_named_as_gaps_not_answered_as_zero(api: Api) -> None:

@@ -9,11 +9,11 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
-from bson import ObjectId
+from bson import Binary, ObjectId
 
 from api import usage
-from etl import platform, rollup, runner, verify
-from etl.db import Databases, connect
+from etl import ledger, platform, rollup, runner, verify
+from etl.db import USAGE_PLATFORM, Databases, Doc, connect
 from tests.factories import make_request, set_platform_figure, staff_query
 
 T0 = datetime(2026, 10, 12, 2, 0)
@@ -407,8 +407,64 @@ def test_packing_keeps_every_figure_and_sketch_and_leaves_other_ids_as_lists() -
     assert platform.unpack(doc) is doc
     odd = {**doc, "orgs": ["not-an-object-id", *ids[1:]]}
     assert platform.pack(odd) == odd
-    with pytest.raises(ValueError, match="format 2, which this version cannot read"):
+    with pytest.raises(platform.UnreadableDocument, match="format 2, which this version cannot"):
         platform.unpack({**packed, platform.PACKED: 2})
+    empty = {**doc, **{name: [] for name in ("orgs", *MEASURE_COLUMNS, "users_hll")}}
+    assert platform.unpack(platform.pack(empty)) == empty
+
+
+MEASURE_COLUMNS = ("conversations", "messages", "handoffs", "users")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"orgs": Binary(b"\x65" * 30)},  # two ids and a half
+        {"messages": Binary(b"\x00" * 16)},  # two figures for three organizations
+        {"users": Binary(b"\x00" * 23)},  # not a whole number of figures
+        {"users_hll_ends": Binary(b"".join(n.to_bytes(8, "little") for n in (2, 1, 42)))},
+        {"users_hll_ends": Binary(b"".join(n.to_bytes(8, "little") for n in (2, 2, 50)))},
+        {"handoffs": None},
+    ],
+)
+def test_a_damaged_packed_document_is_refused_naming_it_never_misread(damage: Doc) -> None:
+    ids = sorted(str(ObjectId()) for _ in range(3))
+    doc = {
+        "_id": "month:2026-09:0000",
+        "period": "month",
+        "key": "2026-09",
+        "orgs": ids,
+        **{name: [1, 2, 3] for name in MEASURE_COLUMNS},
+        "users_hll": [b"\x01\x02", None, b"\x03" * 40],
+    }
+    with pytest.raises(platform.UnreadableDocument, match="month:2026-09:0000 is damaged"):
+        platform.unpack({**platform.pack(doc), **damage})
+
+
+def test_an_unreadable_platform_document_fails_the_api_with_its_reason_and_verify_sees_it(
+    platform_dbs: Databases,
+) -> None:
+    """A newer version's document: the API answers 500 saying so (not a bare error), and
+    verify calls its month drifted (what this version cannot read, it cannot serve)."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.auth import create_key
+
+    dbs = platform_dbs
+    generation = ledger.read_state(dbs.rollup).generation
+    stored = dbs.level(USAGE_PLATFORM, generation)
+    stored.update_many({"key": "2026-09"}, {"$set": {platform.PACKED: 2}})
+    secret = create_key(dbs.rollup, "s", None, T0)[1]
+    with TestClient(create_app(dbs), raise_server_exceptions=False) as client:
+        answer = client.get(
+            "/api/aggregations/usage?start=2026-08-01&end=2026-10-31&granularity=month",
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+    assert answer.status_code == 500
+    assert "is in format 2, which this version cannot read" in answer.json()["detail"]
+    drifted = verify.find_month_drift(dbs, date(2026, 8, 1), date(2026, 10, 31))
+    assert "2026-09" in drifted
 
 
 def test_a_rollup_from_before_the_platform_level_is_served_from_organization_rows(
