@@ -21,10 +21,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from api import auth, metrics
-from api.background import Failures, Looks, one_line
+from api.background import WARN_EVERY_SECONDS, Failures, Looks, one_line
 from api.buckets import GranularityChoice, Scope
 from api.edge import Edge
 from api.fastpath import USAGE_PATH, FastPath
@@ -200,6 +200,7 @@ class KeyCache:
         ttl: float,
         size: int = 4096,
         describe: Callable[[Exception], str] = str,
+        failures: Failures | None = None,
     ) -> None:
         self.lookup = db_lookup
         self.ttl = ttl
@@ -207,7 +208,7 @@ class KeyCache:
         self.entries: OrderedDict[str, tuple[float, auth.Principal | None]] = OrderedDict()
         self.lock = threading.Lock()
         self.looks = Looks(describe)
-        self.failures = Failures()
+        self.failures = failures or Failures()
 
     def cached(self, secret: str) -> auth.Principal | None:
         """The principal of a key verified within `ttl`, without waiting on the database.
@@ -398,12 +399,22 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         description="Billable conversations per organization and agent, from the daily rollup.",
         swagger_ui_parameters={"validatorUrl": None},
     )
-    app.state.service = UsageService(dbs, settings.cache_check_seconds)
+    # Whether the database is down, for every caller: while it is, requests get 503 at once
+    # and one probe at a time tries it until it answers.
+    failures = Failures(
+        probe=lambda: dbs.client.admin.command("ping"),
+        describe=lambda error: one_line(error, dbs.uri),
+    )
+    app.state.service = UsageService(dbs, settings.cache_check_seconds, failures=failures)
     app.state.keys = KeyCache(
         lambda s: auth.authenticate(dbs.rollup, s),
         settings.cache_check_seconds,
         describe=lambda error: one_line(error, dbs.uri),
+        failures=failures,
     )
+    app.state.failures = failures
+    # "database unavailable" is logged once a minute at most, with the 503s answered since.
+    unavailable = {"logged": float("-inf"), "since": 0}
     app.state.clock = clock
 
     def today() -> date:
@@ -424,6 +435,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         key = cache_key(principal.key_id, path, request.scope["query_string"], today())
         body = service.cached(key, served)
         if body is None:
+            failures.raise_recent(settings.cache_check_seconds)
             body = await run_in_threadpool(compute, served)
             service.remember(key, served, body)
         return Response(body, media_type="application/json")
@@ -465,9 +477,21 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
 
     @app.exception_handler(PyMongoError)
     def database_down(request: Request, exc: PyMongoError) -> JSONResponse:
+        failures.remember(exc)
+        unavailable["since"] += 1
+        if time.monotonic() - unavailable["logged"] < WARN_EVERY_SECONDS:
+            return JSONResponse(
+                {"detail": "the database is unavailable; try again"}, status_code=503
+            )
+        answered, unavailable["since"] = unavailable["since"], 0
+        unavailable["logged"] = time.monotonic()
         log.error(
             "database unavailable",
-            extra={"path": request.url.path, "error": plain_error(exc, dbs.uri)},
+            extra={
+                "path": request.url.path,
+                "error": plain_error(exc, dbs.uri),
+                "answered_503": answered,
+            },
         )
         return JSONResponse({"detail": "the database is unavailable; try again"}, status_code=503)
 
@@ -559,11 +583,13 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         API out of a load balancer for it would only add an outage to a late run.
         """
         try:
+            failures.raise_recent(settings.cache_check_seconds)
             dbs.ping()
             last = runs.recent_runs(dbs.rollup, 1)
             served = read_served(dbs)
             nightly = freshness.last_nightly(dbs)
-        except (DatabaseUnavailable, PyMongoError):
+        except (DatabaseUnavailable, PyMongoError) as exc:
+            failures.remember(exc if isinstance(exc, PyMongoError) else ConnectionFailure(str(exc)))
             body = {"status": "unavailable", "freshness": "the database is unreachable"}
             return JSONResponse(
                 {

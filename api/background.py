@@ -26,6 +26,8 @@ log = logging.getLogger("usage.api")
 WARN_EVERY_SECONDS = 60.0
 # How long, at most, callers fail at once after a request found the database unreachable.
 FAIL_FAST_SECONDS = 5.0
+# Between probes of a database that is down (each waits out the server selection first).
+PROBE_PAUSE_SECONDS = 0.5
 # Looks running at once, at most: past that, entries age out and requests wait instead.
 MOST_LOOKS = 16
 
@@ -33,23 +35,55 @@ MOST_LOOKS = 16
 class Failures:
     """The last failure to reach the database, so that callers fail fast while it is down:
     one after another, each would otherwise wait out its own timeout (seconds each). Only a
-    connection failure counts (an unreachable server, a reply that timed out), and for a
-    few seconds at most: a request after that tries the database again."""
+    connection failure counts (an unreachable server, a reply that timed out).
 
-    def __init__(self) -> None:
+    Given a `probe` (a cheap command), the database counts as down from the failure until
+    the probe, tried again and again in the background, gets an answer: every caller fails at
+    once meanwhile, and the first after the answer goes to the database. Without one, for a
+    few seconds after the failure (at most `within`, at most FAIL_FAST_SECONDS)."""
+
+    def __init__(
+        self, probe: Callable[[], object] | None = None, describe: Callable[[Exception], str] = str
+    ) -> None:
         self._at = float("-inf")
         self._error: ConnectionFailure | None = None
+        self._probe = probe
+        self._looks = Looks(describe)
 
     def remember(self, error: PyMongoError) -> None:
         if isinstance(error, ConnectionFailure):
             self._error, self._at = error, time.monotonic()
+            if self._probe is not None:
+                self._looks.start("probe", self._probing)
+
+    def down(self, within: float) -> ConnectionFailure | None:
+        """The failure callers should fail with now, if any (`within` 0: none)."""
+        error = self._error
+        if error is None or within <= 0:
+            return None
+        if self._probe is not None:
+            self._looks.start("probe", self._probing)  # if none runs (it may have failed)
+            return error
+        return error if time.monotonic() - self._at < min(within, FAIL_FAST_SECONDS) else None
 
     def raise_recent(self, within: float) -> None:
-        """Raise (a copy of) the last connection failure if it happened less than `within`
-        seconds ago (and less than FAIL_FAST_SECONDS)."""
-        error = self._error
-        if error is not None and time.monotonic() - self._at < min(within, FAIL_FAST_SECONDS):
+        """Raise (a copy of) the failure if callers should fail with it now."""
+        error = self.down(within)
+        if error is not None:
             raise ConnectionFailure(str(error))
+
+    def _probing(self) -> None:
+        assert self._probe is not None
+        while self._error is not None:
+            try:
+                self._probe()
+            except ConnectionFailure as error:
+                self._error, self._at = error, time.monotonic()
+                time.sleep(PROBE_PAUSE_SECONDS)
+            except PyMongoError:
+                self._error = None  # it answered, if only with an error
+            else:
+                self._error = None
 
 
 class Looks:

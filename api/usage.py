@@ -620,6 +620,7 @@ class UsageService:
         dbs: Databases,
         check_seconds: float = 2.0,
         read: Callable[[Databases], Served] = read_served,
+        failures: Failures | None = None,
     ) -> None:
         self.dbs = dbs
         self.read = read
@@ -633,7 +634,7 @@ class UsageService:
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._looks = Looks(lambda error: one_line(error, dbs.uri))
-        self._failures = Failures()
+        self.failures = failures or Failures()
         # For /metrics: plain counts, so a warm call pays no more than an addition.
         self.hits = 0
         self.misses = 0
@@ -645,15 +646,16 @@ class UsageService:
         """What is served, re-read from the database at most every `check_seconds`. A read
         that ended while the caller waited for the one before it is as fresh as one the
         caller would make: when reads are slow, waiting callers do not read one after another."""
+        self.failures.raise_recent(self.check_seconds)  # rather than queue behind a reader
         waited = time.monotonic()
         with self._refresh_lock:  # one reader of the run records at a time
             if self._due() and not (self._served is not None and self._read_at >= waited):
-                self._failures.raise_recent(self.check_seconds)
+                self.failures.raise_recent(self.check_seconds)
                 began = time.monotonic()
                 try:
                     self._served = self.read(self.dbs)
                 except PyMongoError as error:
-                    self._failures.remember(error)
+                    self.failures.remember(error)
                     raise
                 self._checked, self._read_at = began, time.monotonic()
             assert self._served is not None

@@ -515,7 +515,7 @@ def test_an_unreachable_database_gets_503_not_500(
 
 
 def test_a_stalled_database_gets_503_within_the_read_timeout_and_the_api_recovers(
-    make_dbs: Callable[..., Databases], server_uri: str
+    make_dbs: Callable[..., Databases], server_uri: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Replies that never come (a hung server, a network dropping packets) fail a request
     after `api_read_timeout_ms`, not never; once they flow again, requests are answered."""
@@ -538,6 +538,15 @@ def test_a_stalled_database_gets_503_within_the_read_timeout_and_the_api_recover
         assert stalled.status_code == 503, stalled.text
         assert stalled.json() == {"detail": "the database is unavailable; try again"}
         assert waited < 3.0, waited  # the read timeout and a look's, not forever
+        # Known down: every request fails at once while a probe tries the database.
+        for day in range(10, 20):
+            started = time.monotonic()
+            assert client.get(path.format(day), headers=staff).status_code == 503
+            assert time.monotonic() - started < 0.2
+        health = client.get("/api/health")
+        assert (health.status_code, health.json()["database"]) == (503, "unreachable")
+        logged = [r for r in caplog.records if r.getMessage() == "database unavailable"]
+        assert len(logged) == 1  # once a minute, not once a request
         proxy.resume()
         deadline = time.monotonic() + 15
         while (answer := client.get(path.format(29), headers=staff)).status_code != 200:
@@ -812,6 +821,29 @@ def test_callers_waiting_on_a_slow_read_of_what_is_served_take_its_answer(
     assert len(reads) == 1
     assert len(answers) == 8 and all(answer is answers[0] for answer in answers)
     assert answers[0].data_through == date(2026, 11, 24)
+
+
+def test_while_a_probe_finds_the_database_down_callers_fail_at_once_and_go_on_after_it() -> None:
+    answers = [AutoReconnect("down")] * 3 + [None]
+    probes: list[float] = []
+
+    def probe() -> None:
+        probes.append(time.monotonic())
+        answer = answers[min(len(probes), len(answers)) - 1]
+        if answer is not None:
+            raise answer
+
+    failures = Failures(probe=probe)
+    failures.raise_recent(2.0)  # nothing known: callers go to the database
+    failures.remember(ServerSelectionTimeoutError("No servers found yet"))
+    with pytest.raises(ConnectionFailure):  # the failure, or the probe's since
+        failures.raise_recent(2.0)
+    wait_until(lambda: failures.down(2.0) is None, "the probe never found the database back")
+    assert len(probes) == 4  # down three times, half a second apart, then an answer
+    assert probes[-1] - probes[0] >= 3 * background.PROBE_PAUSE_SECONDS * 0.9
+    failures.raise_recent(2.0)
+    failures.remember(OperationFailure("not authorized"))  # an answer: not down
+    assert failures.down(2.0) is None
 
 
 def test_only_an_unreachable_database_fails_callers_fast_and_only_for_seconds(
