@@ -62,11 +62,19 @@ def settings_of(ctx: typer.Context) -> Settings:
 
 
 @contextlib.contextmanager
-def databases(settings: Settings) -> Iterator[Databases]:
-    """Open the databases, turning failures the user can fix into one line."""
+def databases(settings: Settings, reachable: bool = True) -> Iterator[Databases]:
+    """Open the databases, turning failures the user can fix into one line. Unless
+    `reachable`, a database that does not answer yet is a warning, not an error."""
     try:
         with open_databases(settings) as dbs:
-            dbs.ping()
+            try:
+                dbs.ping()
+            except DatabaseUnavailable as exc:
+                if reachable:
+                    raise
+                err.print(
+                    f"warning: {exc}; answering 503 until it does", markup=False, soft_wrap=True
+                )
             yield dbs
     except DatabaseUnavailable as exc:
         fail(str(exc))
@@ -427,7 +435,9 @@ def serve(
     from api.server import serve_forever
 
     settings = settings_of(ctx)
-    with databases(settings) as dbs, contextlib.suppress(KeyboardInterrupt):
+    # A database down at start is no reason not to serve: the API answers 503 meanwhile and
+    # serves as soon as it answers, as it does when the database goes down later.
+    with databases(settings, reachable=False) as dbs, contextlib.suppress(KeyboardInterrupt):
         serve_forever(dbs, host, port)  # stopping a server is no interruption to redo
 
 

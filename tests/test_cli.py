@@ -4,6 +4,8 @@ import json
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +18,7 @@ from etl.cli import app
 from etl.db import Databases
 from etl.jobs import utcnow
 from tests.commands import COMMAND, clean_env, env_for, one_line, usage
+from tests.conftest import free_port
 from tests.factories import make_request
 
 
@@ -188,6 +191,39 @@ def test_key_names_and_run_errors_are_printed_as_text_not_markup(dbs: Databases)
     status = usage("status", env=env)
     assert status.returncode == 0, status.stderr
     assert "[/x] [red]boom" in status.stdout
+
+
+def test_serve_starts_while_the_database_is_down_and_answers_503_saying_so(dead_uri: str) -> None:
+    """A restart during an outage must not leave the API down after the database is back."""
+    port = free_port()
+    env = {"USAGE_MONGODB_URI": dead_uri, "USAGE_SERVER_SELECTION_TIMEOUT_MS": "300"}
+    with subprocess.Popen(
+        [*COMMAND, "serve", "--port", str(port)],
+        env=clean_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, proc.communicate()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ping", timeout=2):
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline, "the API never started"
+                    time.sleep(0.1)
+            with pytest.raises(urllib.error.HTTPError) as health:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=10)
+            assert health.value.code == 503
+            assert json.loads(health.value.read())["database"] == "unreachable"
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=30)
+    first = stderr.splitlines()[0]
+    assert first.startswith("warning: cannot reach MongoDB at mongodb://127.0.0.1:"), stderr
+    assert first.endswith("; answering 503 until it does"), stderr
 
 
 def test_ctrl_c_during_a_backfill_says_how_to_finish(dbs: Databases) -> None:
