@@ -446,7 +446,10 @@ def run_rebuild(
             drop_generation(dbs, generation)
         # The new generation replaces the served one whole: every computed day is rebuilt,
         # and a range only adds to them, never drops what is served.
-        wanted_days = rebuild_days(dbs, state.generation, first, last)
+        # Under a zone behind the old one, the old generation's today can be tomorrow here:
+        # a day that has not begun is not built (the nightly run computes it when it has).
+        today = local_today(now, dbs.settings)
+        wanted_days = [d for d in rebuild_days(dbs, state.generation, first, last) if d <= today]
         if not wanted_days:
             raise NothingToRebuild(
                 "no day has been computed yet: give --start and --end, or run `usage backfill`"
@@ -466,6 +469,9 @@ def run_rebuild(
             built_last = ledger.last_day(dbs, number)
             if through is not None and built_last is not None:
                 through = min(through, built_last)
+            # Complete through the old zone's yesterday is not complete here if it is behind.
+            if through is not None:
+                through = min(through, local_today(clock(), dbs.settings) - timedelta(days=1))
             ledger.switch(dbs.rollup, latest.pending, through)
             return {"switched_from": state.generation, "switched_to": number}
 

@@ -182,6 +182,33 @@ def test_a_changed_definition_is_refused_then_rebuilt_into_a_new_generation(
     assert ledger.read_state(ny.rollup).definition.timezone == "America/New_York"
 
 
+def test_a_rebuild_into_a_zone_behind_never_serves_a_day_that_is_not_over_there(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    """02:45 UTC is 22:45 the day before in New York: the UTC rollup's yesterday is New
+    York's today, and its today has not begun there."""
+    utc = make_dbs()
+    now = datetime(2026, 10, 12, 2, 45)
+    utc.source.requests.insert_many(
+        [make_request(createdAt=datetime(2026, 10, d, 15), updatedAt=now) for d in (10, 11)]
+    )
+    backfill(utc, "2026-10-01", "2026-10-11", now)
+    nightly(utc, now)
+    assert ledger.read_state(utc.rollup).complete_through == date(2026, 10, 11)
+    assert date(2026, 10, 12) in ledger.covered_days(utc, 1)
+    ny = make_dbs(
+        timezone="America/New_York",
+        source_db=utc.settings.source_db,
+        rollup_db=utc.settings.rollup_db_name,
+    )
+    runner.run_rebuild(ny, now, at(now))
+    state = ledger.read_state(ny.rollup)
+    assert state.generation == 2
+    assert ledger.data_through(ny, state) == date(2026, 10, 10)
+    assert max(ledger.covered_days(ny, 2)) == date(2026, 10, 11)  # New York's today so far
+    assert conversations(ny) == {"2026-10-10": 1, "2026-10-11": 1}
+
+
 def test_an_interrupted_rebuild_keeps_serving_the_old_generation_and_finishes_when_rerun(
     make_dbs: Callable[..., Databases],
 ) -> None:
