@@ -45,6 +45,8 @@ from etl.settings import Settings
 from etl.source import UNATTRIBUTED
 
 Metric = Literal["conversations", "messages", "handoffs", "users", "avg_depth"]
+# Longest agent id the API takes: the ids the rollup keeps are a source's bot ids.
+MAX_AGENT_ID = 256
 Sort = Literal["conversations", "messages", "handoffs", "users", "avg_depth", "name", "change"]
 Order = Literal["desc", "asc"]
 Compare = Literal["none", "previous"]
@@ -137,9 +139,16 @@ def resolve_query(
     if scope == "agent":
         if not agent_id:
             raise ParamError("agent_id", "required for scope=agent")
-        if agent_id != UNATTRIBUTED and not is_object_id(agent_id):
-            raise ParamError("agent_id", f"{agent_id!r} is not an agent id or 'unattributed'")
-        agent_id = agent_id.lower()
+        # The rollup keeps a bot_id as it is (trimmed) unless it is an ObjectId's hex, which
+        # names one agent whatever its letter case: any id an organization's view shows.
+        if is_object_id(agent_id):
+            agent_id = agent_id.lower()
+        elif (
+            len(agent_id) > MAX_AGENT_ID
+            or agent_id != agent_id.strip()
+            or not agent_id.isprintable()
+        ):
+            raise ParamError("agent_id", f"{agent_id[:40]!r} is not an agent id or 'unattributed'")
     else:
         agent_id = None
     first, last = parse_date(start, "start"), parse_date(end, "end")

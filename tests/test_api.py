@@ -25,7 +25,7 @@ from api import auth, background
 from api.app import KeyCache, create_app, csv_cell
 from api.background import Failures, Looks
 from api.usage import UsageService, read_served
-from etl import ledger, platform
+from etl import ledger, platform, runner
 from etl.db import Databases, connect, for_requests
 from etl.definition import of_settings
 from etl.settings import Settings
@@ -34,6 +34,7 @@ from tests.factories import (
     BOT_2,
     STORED_V2,
     clear_rows,
+    make_request,
     make_row,
     set_platform_figure,
     store_rows,
@@ -561,6 +562,41 @@ def test_the_commands_client_has_no_read_timeout_and_the_apis_has(dbs: Databases
     with for_requests(dbs) as reading:
         assert reading.client.options.pool_options.socket_timeout == 5.0
         assert (reading.uri, reading.settings) == (dbs.uri, dbs.settings)
+
+
+def test_an_agent_whose_bot_id_is_no_object_id_has_a_view_like_any_other(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    """The rollup keeps such a bot_id (trimmed) as its agent: the organization's view lists
+    it, so its own view must answer too."""
+    dbs = make_dbs()
+    created = datetime(2026, 10, 14, 10, 0)
+    dbs.source.requests.insert_many(
+        [make_request(attributes={"bot_id": " Bot-7 "}) for _ in range(2)] + [make_request()]
+    )
+    runner.run_backfill(dbs, date(2026, 10, 1), date(2026, 10, 31), created, lambda: created)
+    secret = auth.create_key(dbs.rollup, "s", None, NOW)[1]
+    headers = {"Authorization": f"Bearer {secret}"}
+    with TestClient(create_app(dbs, clock=lambda: NOW)) as client:
+        org = client.get(
+            f"/api/aggregations/usage?scope=org&org_id={A}&start=2026-10-01&end=2026-10-31",
+            headers=headers,
+        ).json()
+        assert [(r["id"], r["totals"]["conversations"]) for r in org["rows"]] == [
+            ("Bot-7", 2),
+            (BOT_1, 1),
+        ]
+        agent = client.get(
+            f"/api/aggregations/usage?scope=agent&org_id={A}&agent_id=Bot-7"
+            "&start=2026-10-01&end=2026-10-31",
+            headers=headers,
+        )
+        assert agent.status_code == 200, agent.text
+        assert agent.json()["total"]["totals"]["conversations"] == 2
+        padded = client.get(
+            f"/api/aggregations/usage?scope=agent&org_id={A}&agent_id=%20Bot-7", headers=headers
+        )
+        assert (padded.status_code, padded.json()["parameter"]) == (422, "agent_id")
 
 
 def test_clipped_months_count_only_their_days(api: Api) -> None:
