@@ -93,6 +93,8 @@ def label(start: date, end: date, granularity: Granularity) -> str:
         return short_day(start)
     if granularity == "month":
         return f"{start:%b %Y}"
+    if start == end:  # a week clipped to one day
+        return short_day(start)
     if start.month == end.month and start.year == end.year:
         return f"{short_day(start)}{EN_DASH}{end.day}"
     return f"{short_day(start)}{EN_DASH}{short_day(end)}"

@@ -19,7 +19,14 @@ Format = Literal["text", "json"]
 # In `extra`: the person was already told in one line (a command's error); only a
 # structured log records it again.
 SHOWN = {"shown": True}
-STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "shown"}
+# Not the caller's fields: the record's own, and uvicorn's copy of its message in colours.
+STANDARD = set(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "shown",
+    "color_message",
+}
 HANDLER = "usage_logs"
 
 

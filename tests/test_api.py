@@ -813,6 +813,8 @@ def test_the_look_period_is_at_most_an_hour() -> None:
     for bad in (float("inf"), 3601):
         with pytest.raises(ValidationError, match="cache_check_seconds"):
             Settings(_env_file=None, cache_check_seconds=bad)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="finite number"):
+        Settings(_env_file=None, cache_check_seconds="nan")  # type: ignore[call-arg]
 
 
 def test_one_look_at_a_time_per_entry() -> None:

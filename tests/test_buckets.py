@@ -49,6 +49,17 @@ def test_daily_buckets_and_labels() -> None:
     ]
 
 
+def test_a_week_clipped_to_one_day_is_labelled_as_that_day() -> None:
+    # 2026-11-01 is a Sunday: the range's first week holds it alone.
+    buckets = make_buckets(D("2026-11-01"), D("2026-11-09"), "week", MONDAY)
+    assert [(b.label, b.partial) for b in buckets] == [
+        ("Nov 1", True),
+        ("Nov 2 – 8", False),
+        ("Nov 9", True),
+    ]
+    assert make_buckets(D("2026-11-30"), D("2026-11-30"), "month", MONDAY)[0].label == "Nov 2026"
+
+
 def test_weekly_buckets_start_monday_and_clip_to_the_range() -> None:
     # 2026-02-18 is a Wednesday; 2026-03-03 a Tuesday.
     buckets = make_buckets(D("2026-02-18"), D("2026-03-03"), "week", MONDAY)

@@ -54,6 +54,13 @@ def test_a_text_event_is_one_line_with_its_fields() -> None:
     assert "\n" not in line
 
 
+def test_uvicorns_coloured_copy_of_a_message_is_not_a_field() -> None:
+    """uvicorn logs "Started server process [%d]" with the same text in ANSI colours."""
+    coloured = record("Started server process", color_message="\x1b[36mStarted\x1b[0m")
+    assert logs.TextLines().format(coloured).endswith(" Started server process")
+    assert "color_message" not in logs.fields(coloured)
+
+
 def json_events(stderr: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stderr.splitlines() if line.strip()]
 
