@@ -90,18 +90,18 @@ def run(
     settings = dbs.settings
     if not serve:
         # No address nobody serves, and no key nobody will paste.
-        where = ""
-        if settings.source_profile != "deployment":
-            where = (
-                f" (with USAGE_SOURCE_PROFILE={settings.source_profile}"
-                f" USAGE_SOURCE_DB={settings.source_db}"
-                f" USAGE_ROLLUP_DB={settings.rollup_db_name})"
-            )
         out.print(
-            f"\nnot serving (--no-serve): `usage serve`{where} serves the dashboard, and "
+            "\nnot serving (--no-serve): `usage serve` serves the dashboard, and "
             "`usage keys create --staff --name NAME` makes a key for it",
             markup=False,
         )
+        if settings.source_profile != "deployment":
+            out.print(
+                f"both with: export USAGE_SOURCE_PROFILE={settings.source_profile}"
+                f" USAGE_SOURCE_DB={settings.source_db}"
+                f" USAGE_ROLLUP_DB={settings.rollup_db_name}",
+                markup=False,
+            )
         return
     from api import auth
 

@@ -1,6 +1,7 @@
 """The demo's table and its end: what it prints, and what it leaves behind."""
 
 import io
+from collections.abc import Callable
 from datetime import date
 
 from bson import ObjectId
@@ -41,3 +42,23 @@ def test_demo_without_serving_shows_no_address_and_makes_no_key(dbs: Databases) 
         assert "http://" not in result.stdout
         assert "usage serve" in result.stdout
     assert dbs.rollup.api_keys.count_documents({}) == 0
+
+
+def test_demo_of_the_tiledesk_profile_without_serving_names_its_databases_for_both_commands(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    """`usage keys create` without them would put the key where `usage serve` never looks."""
+    from etl import demo
+    from etl.cli import progress_bar
+
+    dbs = make_dbs(source_profile="tiledesk")
+    dbs.source.requests.insert_one(make_request(createdAt=utcnow()))  # loaded: nothing to load
+    buffer = io.StringIO()
+    demo.run(dbs, Console(file=buffer, width=300), progress_bar, utcnow(), 0, serve=False)
+    lines = buffer.getvalue().splitlines()
+    told = lines.index(next(line for line in lines if line.startswith("not serving")))
+    assert "`usage keys create --staff --name NAME`" in lines[told]
+    assert lines[told + 1] == (
+        "both with: export USAGE_SOURCE_PROFILE=tiledesk"
+        f" USAGE_SOURCE_DB={dbs.settings.source_db} USAGE_ROLLUP_DB={dbs.settings.rollup_db_name}"
+    )
