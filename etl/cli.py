@@ -494,6 +494,13 @@ def keys_create(
                 markup=False,
                 soft_wrap=True,
             )
+        if org_id is not None and org_id in {i.lower() for i in settings.internal_org_ids}:
+            err.print(
+                f"warning: {org_id} is an internal organization (USAGE_INTERNAL_ORG_IDS): "
+                "its key sees no usage of its own; creating the key anyway",
+                markup=False,
+                soft_wrap=True,
+            )
         key_id, secret = auth.create_key(dbs.rollup, name.strip(), org_id, utcnow())
     out.print(f"key id {key_id}; the key (shown once): {secret}", markup=False)
 

@@ -273,6 +273,17 @@ def test_a_key_for_an_organization_missing_from_the_source_is_made_with_a_warnin
     assert dbs.rollup.api_keys.count_documents({}) == 2
 
 
+def test_a_key_for_an_internal_organization_is_made_with_a_warning(dbs: Databases) -> None:
+    internal = "65e18830a0616000137bb8ff"
+    dbs.source.organizations.insert_one({"_id": ObjectId(internal), "name": "Staff"})
+    env = env_for(dbs, USAGE_INTERNAL_ORG_IDS=f'["{internal.upper()}"]')
+    made = usage("keys", "create", "--org", internal, "--name", "staff org", env=env)
+    assert made.returncode == 0 and "usk_" in made.stdout
+    warning = one_line(made.stderr)
+    assert warning.startswith(f"warning: {internal} is an internal organization"), warning
+    assert dbs.rollup.api_keys.count_documents({}) == 1
+
+
 def test_status_on_the_embedded_database_names_its_storage_not_a_dead_uri(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     result = usage("status", env={"USAGE_DATA_DIR": str(data_dir)})
