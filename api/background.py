@@ -57,9 +57,10 @@ class Failures:
                 self._looks.start("probe", self._probing)
 
     def down(self, within: float) -> ConnectionFailure | None:
-        """The failure callers should fail with now, if any (`within` 0: none)."""
+        """The failure callers should fail with now, if any: with a probe, until it gets
+        an answer; without, if it is less than `within` seconds old (and FAIL_FAST_SECONDS)."""
         error = self._error
-        if error is None or within <= 0:
+        if error is None:
             return None
         if self._probe is not None:
             self._looks.start("probe", self._probing)  # if none runs (it may have failed)
