@@ -9,6 +9,10 @@ failed or hangs, or no request for two periods), requests wait for the database 
 error reaches them. An entry's age counts from the moment its look began, and a look never
 replaces an entry from a look that began later, so what a request sees is never more than two
 periods older than the database.
+
+A database found unreachable is down for every caller until a probe, tried again in the
+background, gets an answer (`Failures`): meanwhile requests that need it fail at once rather
+than each waiting out its own timeout.
 """
 
 import logging
