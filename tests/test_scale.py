@@ -385,19 +385,30 @@ def test_platform_documents_are_stored_packed_and_those_stored_as_lists_read_the
     assert after["total"]["totals"]["conversations"] == total + 1
 
 
-def test_packing_keeps_every_figure_and_sketch_and_leaves_other_ids_as_lists() -> None:
-    ids = sorted(str(ObjectId()) for _ in range(3))
-    doc = {
+MEASURE_COLUMNS = ("conversations", "messages", "handoffs", "users")
+
+
+def month_document(ids: list[str], **columns: list[int]) -> Doc:
+    """A platform document of September with three organizations, its columns as lists."""
+    return {
         "_id": "month:2026-09:0000",
         "period": "month",
         "key": "2026-09",
         "orgs": ids,
-        "conversations": [1, 2**40, 0],
-        "messages": [3, 2**62, 0],
-        "handoffs": [0, 1, 2],
-        "users": [1, 0, 7],
+        **{name: columns.get(name, [1, 2, 3]) for name in MEASURE_COLUMNS},
         "users_hll": [b"\x01\x02", None, b"\x03" * 40],
     }
+
+
+def test_packing_keeps_every_figure_and_sketch_and_leaves_other_ids_as_lists() -> None:
+    ids = sorted(str(ObjectId()) for _ in range(3))
+    doc = month_document(
+        ids,
+        conversations=[1, 2**40, 0],
+        messages=[3, 2**62, 0],
+        handoffs=[0, 1, 2],
+        users=[1, 0, 7],
+    )
     packed = platform.pack(doc)
     assert bytes(packed["orgs"]) == b"".join(bytes.fromhex(org) for org in ids)
     assert bytes(packed["messages"]) == b"".join(n.to_bytes(8, "little") for n in (3, 2**62, 0))
@@ -413,9 +424,6 @@ def test_packing_keeps_every_figure_and_sketch_and_leaves_other_ids_as_lists() -
     assert platform.unpack(platform.pack(empty)) == empty
 
 
-MEASURE_COLUMNS = ("conversations", "messages", "handoffs", "users")
-
-
 @pytest.mark.parametrize(
     "damage",
     [
@@ -428,15 +436,7 @@ MEASURE_COLUMNS = ("conversations", "messages", "handoffs", "users")
     ],
 )
 def test_a_damaged_packed_document_is_refused_naming_it_never_misread(damage: Doc) -> None:
-    ids = sorted(str(ObjectId()) for _ in range(3))
-    doc = {
-        "_id": "month:2026-09:0000",
-        "period": "month",
-        "key": "2026-09",
-        "orgs": ids,
-        **{name: [1, 2, 3] for name in MEASURE_COLUMNS},
-        "users_hll": [b"\x01\x02", None, b"\x03" * 40],
-    }
+    doc = month_document(sorted(str(ObjectId()) for _ in range(3)))
     with pytest.raises(platform.UnreadableDocument, match="month:2026-09:0000 is damaged"):
         platform.unpack({**platform.pack(doc), **damage})
 
