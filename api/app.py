@@ -4,6 +4,7 @@ import csv
 import functools
 import io
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -384,7 +385,9 @@ def csv_lines(report: dict[str, Any], metric: str) -> Iterator[str]:
 
 
 def csv_filename(query: UsageQuery, metric: str) -> str:
-    who = {"platform": "platform", "org": f"org-{query.org_id}", "agent": f"agent-{query.agent_id}"}
+    """A file name of plain characters only: an agent id can hold any (a header holds few)."""
+    agent = re.sub(r"[^A-Za-z0-9._-]", "_", query.agent_id or "")
+    who = {"platform": "platform", "org": f"org-{query.org_id}", "agent": f"agent-{agent}"}
     return (
         f"usage-{who[query.scope]}-{query.first}-to-{query.last}-{query.granularity}-{metric}.csv"
     )
@@ -415,6 +418,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
     app.state.failures = failures
     # "database unavailable" is logged once a minute at most, with the 503s answered since.
     unavailable = {"logged": float("-inf"), "since": 0}
+    unavailable_lock = threading.Lock()
     app.state.clock = clock
 
     def today() -> date:
@@ -472,19 +476,34 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
 
     @app.exception_handler(platform.UnreadableDocument)
     def unreadable(request: Request, exc: platform.UnreadableDocument) -> JSONResponse:
+        # Which document and what to run are the operator's business, not a caller's.
         log.error("unreadable rollup", extra={"path": request.url.path, "error": str(exc)})
-        return JSONResponse({"detail": str(exc)}, status_code=500)
+        detail = "the rollup holds a document this version cannot read; its operator is told why"
+        return JSONResponse({"detail": detail}, status_code=500)
+
+    @app.exception_handler(DatabaseUnavailable)
+    def database_unreachable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return database_down(request, ConnectionFailure(str(exc)))
 
     @app.exception_handler(PyMongoError)
     def database_down(request: Request, exc: PyMongoError) -> JSONResponse:
         failures.remember(exc)
-        unavailable["since"] += 1
-        if time.monotonic() - unavailable["logged"] < WARN_EVERY_SECONDS:
+        # A database found unreachable is logged once a minute, with the 503s answered since;
+        # any other error of the database each time.
+        with unavailable_lock:
+            unavailable["since"] += 1
+            quiet = isinstance(exc, ConnectionFailure) and (
+                time.monotonic() - unavailable["logged"] < WARN_EVERY_SECONDS
+            )
+            answered = unavailable["since"]
+            if not quiet:
+                unavailable["since"] = 0
+                if isinstance(exc, ConnectionFailure):
+                    unavailable["logged"] = time.monotonic()
+        if quiet:
             return JSONResponse(
                 {"detail": "the database is unavailable; try again"}, status_code=503
             )
-        answered, unavailable["since"] = unavailable["since"], 0
-        unavailable["logged"] = time.monotonic()
         log.error(
             "database unavailable",
             extra={

@@ -36,6 +36,10 @@ PROBE_PAUSE_SECONDS = 0.5
 MOST_LOOKS = 16
 
 
+class KnownDown(ConnectionFailure):
+    """A caller failed at once on a failure already known: no news of the database."""
+
+
 class Failures:
     """The last failure to reach the database, so that callers fail fast while it is down:
     one after another, each would otherwise wait out its own timeout (seconds each). Only a
@@ -55,7 +59,7 @@ class Failures:
         self._looks = Looks(describe)
 
     def remember(self, error: PyMongoError) -> None:
-        if isinstance(error, ConnectionFailure):
+        if isinstance(error, ConnectionFailure) and not isinstance(error, KnownDown):
             self._error, self._at = error, time.monotonic()
             if self._probe is not None:
                 self._looks.start("probe", self._probing)
@@ -75,7 +79,7 @@ class Failures:
         """Raise (a copy of) the failure if callers should fail with it now."""
         error = self.down(within)
         if error is not None:
-            raise ConnectionFailure(str(error))
+            raise KnownDown(str(error))
 
     def _probing(self) -> None:
         assert self._probe is not None
@@ -89,6 +93,7 @@ class Failures:
                 self._error = None  # it answered, if only with an error
             else:
                 self._error = None
+        log.warning("the database answers again")
 
 
 class Looks:

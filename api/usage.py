@@ -141,7 +141,7 @@ def resolve_query(
             raise ParamError("agent_id", "required for scope=agent")
         # The rollup keeps a bot_id as it is (trimmed) unless it is an ObjectId's hex, which
         # names one agent whatever its letter case: any id an organization's view shows.
-        if is_object_id(agent_id):
+        if is_object_id(agent_id) or agent_id.lower() == UNATTRIBUTED:
             agent_id = agent_id.lower()
         elif (
             len(agent_id) > MAX_AGENT_ID

@@ -19,7 +19,14 @@ from rich.table import Table
 from rich.text import Text
 
 from etl import dates, freshness, ledger, logs, platform, rollup, runner, runs
-from etl.db import Databases, DatabaseUnavailable, mask_uri, open_databases, plain_error
+from etl.db import (
+    Databases,
+    DatabaseUnavailable,
+    DatabaseUnreachable,
+    mask_uri,
+    open_databases,
+    plain_error,
+)
 from etl.definition import DefinitionMismatch
 from etl.jobs import utcnow
 from etl.profiles import ProfileName
@@ -62,15 +69,16 @@ def settings_of(ctx: typer.Context) -> Settings:
 
 
 @contextlib.contextmanager
-def databases(settings: Settings, reachable: bool = True) -> Iterator[Databases]:
-    """Open the databases, turning failures the user can fix into one line. Unless
-    `reachable`, a database that does not answer yet is a warning, not an error."""
+def databases(settings: Settings, serving: bool = False) -> Iterator[Databases]:
+    """Open the databases, turning failures the user can fix into one line. `serving`, a
+    database that does not answer yet is a warning, not an error (one that refuses, such as
+    bad credentials, still is)."""
     try:
         with open_databases(settings) as dbs:
             try:
                 dbs.ping()
-            except DatabaseUnavailable as exc:
-                if reachable:
+            except DatabaseUnreachable as exc:
+                if not serving:
                     raise
                 err.print(
                     f"warning: {exc}; answering 503 until it does", markup=False, soft_wrap=True
@@ -225,6 +233,7 @@ def status(
         typer.Option(
             metavar="HOURS",
             min=0,
+            max=24 * 366,
             help="With --check: how old the data may be, in hours (USAGE_MAX_LAG_HOURS, 36).",
         ),
     ] = None,
@@ -437,7 +446,7 @@ def serve(
     settings = settings_of(ctx)
     # A database down at start is no reason not to serve: the API answers 503 meanwhile and
     # serves as soon as it answers, as it does when the database goes down later.
-    with databases(settings, reachable=False) as dbs, contextlib.suppress(KeyboardInterrupt):
+    with databases(settings, serving=True) as dbs, contextlib.suppress(KeyboardInterrupt):
         serve_forever(dbs, host, port)  # stopping a server is no interruption to redo
 
 

@@ -47,7 +47,11 @@ def generation_name(base: str, generation: int) -> str:
 
 
 class DatabaseUnavailable(Exception):
-    """The database could not be reached; the message is one plain line."""
+    """The database could not be used; the message is one plain line."""
+
+
+class DatabaseUnreachable(DatabaseUnavailable):
+    """No answer from the database at all (rather than a refusal, such as bad credentials)."""
 
 
 URI = re.compile(r"mongodb(?:\+srv)?://[^\s'\"]+")
@@ -136,7 +140,9 @@ class Databases:
         try:
             self.client.admin.command("ping")
         except PyMongoError as exc:
-            raise DatabaseUnavailable(plain_error(exc, self.uri)) from None
+            unreachable = isinstance(exc, ConnectionFailure)
+            kind = DatabaseUnreachable if unreachable else DatabaseUnavailable
+            raise kind(plain_error(exc, self.uri)) from None
 
     def supports_transactions(self) -> bool:
         """Whether the server runs transactions; asks it once, as the topology is unknown

@@ -129,8 +129,8 @@ def unpack(doc: Doc) -> Doc:
         return _unpacked(doc)
     except (KeyError, TypeError, ValueError) as exc:
         raise UnreadableDocument(
-            f"platform document {doc['_id']} is damaged ({exc}); `usage rebuild` builds the "
-            "rollup again without it"
+            f"platform document {doc['_id']} is damaged ({exc}); `usage verify --repair` over "
+            "its month writes it again"
         ) from None
 
 
@@ -184,16 +184,25 @@ def write(
     rows: list[Doc],
     session: ClientSession | None,
     orgs: Container[str] | None = None,
+    drop_unreadable: bool = False,
 ) -> None:
     """Rewrite `period` from `rows`: the organization rows of every organization, or, given
     `orgs` (a set, or a range of ids), those of `orgs` alone (an organization of `orgs`
-    without a row has none now)."""
+    without a row has none now).
+
+    A stored document this version cannot read fails the write, unless `drop_unreadable`:
+    for a period derived whole in ranges of organizations, every one of which writes its
+    own before the period is read again, its entries are dropped rather than kept."""
     if orgs is not None:
-        kept = [
-            row
-            for row in rows_of(stored.find(of_period(period), session=session))
-            if row["org_id"] not in orgs
-        ]
+        kept = []
+        for doc in stored.find(of_period(period), session=session):
+            try:
+                found = rows_of([doc])
+            except UnreadableDocument:
+                if not drop_unreadable:
+                    raise
+                continue
+            kept += [row for row in found if row["org_id"] not in orgs]
         rows = kept + rows
     stored.delete_many(of_period(period), session=session)
     docs = chunks(period, rows)
@@ -207,10 +216,11 @@ def write_levels(
     by_month: dict[str, list[Doc]],
     session: ClientSession | None,
     orgs: Container[str] | None = None,
+    drop_unreadable: bool = False,
 ) -> None:
     """Rewrite the given days and months from their organization rows (an empty list: the
     period has no rows now)."""
     for day, rows in sorted(by_day.items()):
-        write(stored, Period("day", day), rows, session, orgs)
+        write(stored, Period("day", day), rows, session, orgs, drop_unreadable)
     for month, rows in sorted(by_month.items()):
-        write(stored, Period("month", month), rows, session, orgs)
+        write(stored, Period("month", month), rows, session, orgs, drop_unreadable)

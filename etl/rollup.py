@@ -273,7 +273,10 @@ def derive_months(
             by_day[row["day"]].append(row)
         months_rows = {month: derived[lattice.ORG_MONTHLY]} if by_month else {}
         stored = dbs.level(USAGE_PLATFORM, generation)
-        platform.write_levels(stored, by_day, months_rows, session, orgs)
+        # A range of ids is a part of a month derived whole, under its stale mark until the
+        # last part: a document no version here can read is dropped, not kept.
+        whole = isinstance(orgs, OrgRange)
+        platform.write_levels(stored, by_day, months_rows, session, orgs, whole)
 
 
 def id_queries(ids: list[str]) -> list[Doc]:

@@ -469,9 +469,10 @@ def run_rebuild(
             built_last = ledger.last_day(dbs, number)
             if through is not None and built_last is not None:
                 through = min(through, built_last)
-            # Complete through the old zone's yesterday is not complete here if it is behind.
+            # Complete through the old zone's yesterday is not complete here if it is behind:
+            # at most the day before the one the rebuild read as today.
             if through is not None:
-                through = min(through, local_today(clock(), dbs.settings) - timedelta(days=1))
+                through = min(through, today - timedelta(days=1))
             ledger.switch(dbs.rollup, latest.pending, through)
             return {"switched_from": state.generation, "switched_to": number}
 

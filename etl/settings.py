@@ -77,8 +77,8 @@ class Settings(BaseSettings):
     # the database works (a backfill's aggregation may take minutes).
     api_read_timeout_ms: int = Field(default=5000, ge=100)
     read_preference: str = "secondaryPreferred"
-    lock_wait_seconds: float = Field(default=30.0, allow_inf_nan=False, ge=0)
-    lease_seconds: float = Field(default=300.0, allow_inf_nan=False, ge=5)
+    lock_wait_seconds: float = Field(default=30.0, allow_inf_nan=False, ge=0, le=86_400)
+    lease_seconds: float = Field(default=300.0, allow_inf_nan=False, ge=5, le=86_400)
     max_range_days: int = Field(default=366, ge=1)
     cache_entries: int = Field(default=512, ge=0)
     # Rows replaced in one transaction, at most (a single day is never split).
@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     # an hour, so that a revoked key is refused within two.
     cache_check_seconds: float = Field(default=2.0, allow_inf_nan=False, ge=0, le=3600)
     # Operability: the freshness threshold, logs and metrics (README, "Monitoring").
-    max_lag_hours: float = Field(default=DEFAULT_MAX_LAG_HOURS, allow_inf_nan=False, gt=0)
+    max_lag_hours: float = Field(
+        default=DEFAULT_MAX_LAG_HOURS, allow_inf_nan=False, gt=0, le=24 * 366
+    )
     log_format: Literal["text", "json"] | None = None
     metrics_token: SecretStr | None = None
     metrics_textfile: Path | None = None

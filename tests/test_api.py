@@ -882,6 +882,36 @@ def test_while_a_probe_finds_the_database_down_callers_fail_at_once_and_go_on_af
     failures.raise_recent(2.0)
     failures.remember(OperationFailure("not authorized"))  # an answer: not down
     assert failures.down(2.0) is None
+    failures.remember(background.KnownDown("down"))  # a caller failed on what was known
+    assert failures.down(2.0) is None and len(probes) == 4
+
+
+def test_an_error_of_a_database_that_answers_is_logged_every_time_an_outage_once_a_minute(
+    make_dbs: Callable[..., Databases],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dbs = make_dbs()
+    store_rows(dbs, ROWS)
+    add_run(dbs, "2026-11-24", datetime(2026, 11, 25, 2, 30))
+    staff = {"Authorization": f"Bearer {auth.create_key(dbs.rollup, 's', None, NOW)[1]}"}
+    errors = iter([OperationFailure("exceeded memory limit")] * 2 + [AutoReconnect("gone")] * 3)
+
+    def failing(*args: Any) -> bytes:
+        raise next(errors)
+
+    monkeypatch.setattr(UsageService, "report_json", failing)
+    with TestClient(create_app(dbs, clock=lambda: NOW)) as client:
+        for day in range(20, 25):
+            path = f"/api/aggregations/usage?start=2026-09-01&end=2026-10-{day}"
+            assert client.get(path, headers=staff).status_code == 503
+            client.app.state.failures._error = None  # as if a probe found it back at once
+    logged = [r for r in caplog.records if r.getMessage() == "database unavailable"]
+    assert [r.error for r in logged] == [  # type: ignore[attr-defined]
+        "exceeded memory limit",
+        "exceeded memory limit",
+        "cannot reach MongoDB at " + dbs.uri,
+    ]
 
 
 def test_only_an_unreachable_database_fails_callers_fast_and_only_for_seconds(

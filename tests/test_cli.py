@@ -1,22 +1,25 @@
 """The `usage` command line, run as a user runs it: a subprocess with USAGE_* settings."""
 
+import contextlib
 import json
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import typer
 from bson import ObjectId
 
 from etl import runs
 from etl.cli import app
-from etl.db import Databases
+from etl.db import Databases, DatabaseUnavailable, DatabaseUnreachable
 from etl.jobs import utcnow
+from etl.settings import Settings
 from tests.commands import COMMAND, clean_env, env_for, one_line, usage
 from tests.conftest import free_port
 from tests.factories import make_request
@@ -224,6 +227,38 @@ def test_serve_starts_while_the_database_is_down_and_answers_503_saying_so(dead_
     first = stderr.splitlines()[0]
     assert first.startswith("warning: cannot reach MongoDB at mongodb://127.0.0.1:"), stderr
     assert first.endswith("; answering 503 until it does"), stderr
+
+
+@pytest.mark.parametrize(
+    ("refusal", "serves"),
+    [
+        (DatabaseUnreachable("cannot reach MongoDB at mongodb://db/"), True),
+        (DatabaseUnavailable("authentication failed"), False),
+    ],
+)
+def test_serving_outlasts_a_database_that_does_not_answer_but_not_one_that_refuses(
+    monkeypatch: pytest.MonkeyPatch, refusal: Exception, serves: bool
+) -> None:
+    """Bad credentials would never come right by waiting: `usage serve` exits 1 on them."""
+    from etl import cli
+
+    class Refusing:
+        def ping(self) -> None:
+            raise refusal
+
+    @contextlib.contextmanager
+    def opened(settings: object) -> Iterator[Refusing]:
+        yield Refusing()
+
+    monkeypatch.setattr(cli, "open_databases", opened)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    if serves:
+        with cli.databases(settings, serving=True) as dbs:
+            assert isinstance(dbs, Refusing)
+        return
+    with pytest.raises(typer.Exit) as exited, cli.databases(settings, serving=True):
+        pass
+    assert exited.value.exit_code == 1
 
 
 def test_ctrl_c_during_a_backfill_says_how_to_finish(dbs: Databases) -> None:

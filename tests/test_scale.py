@@ -441,11 +441,11 @@ def test_a_damaged_packed_document_is_refused_naming_it_never_misread(damage: Do
         platform.unpack({**platform.pack(doc), **damage})
 
 
-def test_an_unreadable_platform_document_fails_the_api_with_its_reason_and_verify_sees_it(
+def test_an_unreadable_platform_document_fails_the_api_and_verify_repairs_it(
     platform_dbs: Databases,
 ) -> None:
-    """A newer version's document: the API answers 500 saying so (not a bare error), and
-    verify calls its month drifted (what this version cannot read, it cannot serve)."""
+    """A newer version's document, and damaged ones: the API answers 500 saying so (not a
+    bare error), verify calls their month drifted, and its repair writes them again."""
     from fastapi.testclient import TestClient
 
     from api.app import create_app
@@ -462,9 +462,24 @@ def test_an_unreadable_platform_document_fails_the_api_with_its_reason_and_verif
             headers={"Authorization": f"Bearer {secret}"},
         )
     assert answer.status_code == 500
-    assert "is in format 2, which this version cannot read" in answer.json()["detail"]
+    assert answer.json()["detail"] == (
+        "the rollup holds a document this version cannot read; its operator is told why"
+    )
     drifted = verify.find_month_drift(dbs, date(2026, 8, 1), date(2026, 10, 31))
     assert "2026-09" in drifted
+    # Repair writes the month again, in ranges of organizations: the document is replaced.
+    stored.update_many({"key": {"$regex": "^2026-09-1"}}, {"$set": {"orgs": Binary(b"e" * 30)}})
+    first, last = date(2026, 8, 1), date(2026, 10, 31)
+    runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
+    assert verify.find_month_drift(dbs, first, last) == []
+    assert all(doc[platform.PACKED] == 1 for doc in stored.find({"key": {"$regex": "^2026-09"}}))
+    counted = sum(1 for doc in dbs.source.requests.find() if doc["id_organization"] != MANY[0])
+    with TestClient(create_app(dbs)) as client:
+        answer = client.get(
+            "/api/aggregations/usage?start=2026-08-01&end=2026-10-31&granularity=month",
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+    assert answer.json()["total"]["totals"]["conversations"] == counted
 
 
 def test_a_rollup_from_before_the_platform_level_is_served_from_organization_rows(
