@@ -597,6 +597,17 @@ def test_an_agent_whose_bot_id_is_no_object_id_has_a_view_like_any_other(
             f"/api/aggregations/usage?scope=agent&org_id={A}&agent_id=%20Bot-7", headers=headers
         )
         assert (padded.status_code, padded.json()["parameter"]) == (422, "agent_id")
+        # Any id fits a file name: a header holds latin-1 only, and a quote would end it.
+        exported = client.get(
+            "/api/aggregations/usage.csv",
+            params={"scope": "agent", "org_id": A, "agent_id": 'Bot-€"7', "start": "2026-10-01"},
+            headers=headers,
+        )
+        assert exported.status_code == 200, exported.text
+        assert exported.headers["content-disposition"] == (
+            'attachment; filename="usage-agent-Bot-__7-2026-10-01-to-2026-10-30-week'
+            '-conversations.csv"'
+        )
 
 
 def test_clipped_months_count_only_their_days(api: Api) -> None:
