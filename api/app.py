@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from api import auth, metrics
-from api.background import WARN_EVERY_SECONDS, Failures, Looks, one_line
+from api.background import Failures, Looks, one_line
 from api.buckets import GranularityChoice, Scope
 from api.edge import Edge
 from api.fastpath import USAGE_PATH, FastPath
@@ -278,6 +278,8 @@ async def get_principal(
     keys: KeyCache = request.app.state.keys
     principal = keys.cached(credentials.credentials)
     if principal is None:
+        # A database known down fails here, not after waiting for a worker thread.
+        keys.failures.raise_recent(keys.ttl)
         principal = await run_in_threadpool(keys.get, credentials.credentials)
     if principal is None:
         raise Unauthorized("unknown or revoked API key")
@@ -416,9 +418,6 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         failures=failures,
     )
     app.state.failures = failures
-    # "database unavailable" is logged once a minute at most, with the 503s answered since.
-    unavailable = {"logged": float("-inf"), "since": 0}
-    unavailable_lock = threading.Lock()
     app.state.clock = clock
 
     def today() -> date:
@@ -435,6 +434,7 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         (off the event loop) and cached."""
         served = service.known()
         if served is None:
+            failures.raise_recent(settings.cache_check_seconds)  # before a worker thread
             served = await run_in_threadpool(service.served)
         key = cache_key(principal.key_id, path, request.scope["query_string"], today())
         body = service.cached(key, served)
@@ -487,31 +487,16 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
 
     @app.exception_handler(PyMongoError)
     def database_down(request: Request, exc: PyMongoError) -> JSONResponse:
+        # An outage is logged when it begins and when it ends (see `Failures`), with the
+        # 503s answered meanwhile; any other error of the database each time.
         failures.remember(exc)
-        # A database found unreachable is logged once a minute, with the 503s answered since;
-        # any other error of the database each time.
-        with unavailable_lock:
-            unavailable["since"] += 1
-            quiet = isinstance(exc, ConnectionFailure) and (
-                time.monotonic() - unavailable["logged"] < WARN_EVERY_SECONDS
+        if isinstance(exc, ConnectionFailure):
+            failures.count_503()
+        else:
+            log.error(
+                "database error",
+                extra={"path": request.url.path, "error": plain_error(exc, dbs.uri)},
             )
-            answered = unavailable["since"]
-            if not quiet:
-                unavailable["since"] = 0
-                if isinstance(exc, ConnectionFailure):
-                    unavailable["logged"] = time.monotonic()
-        if quiet:
-            return JSONResponse(
-                {"detail": "the database is unavailable; try again"}, status_code=503
-            )
-        log.error(
-            "database unavailable",
-            extra={
-                "path": request.url.path,
-                "error": plain_error(exc, dbs.uri),
-                "answered_503": answered,
-            },
-        )
         return JSONResponse({"detail": "the database is unavailable; try again"}, status_code=503)
 
     @app.get(USAGE_PATH, response_model=UsageOut, responses=ERRORS)
@@ -595,31 +580,39 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
         return await answer(request, service, principal, MOVERS_PATH, compute)
 
     @app.get("/api/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:
         """Fresh, stale, failed or never ran (200); 503 only when the database is unreachable.
 
         A stale rollup is still served correctly, labelled with its data_through: taking the
         API out of a load balancer for it would only add an outage to a late run.
         """
+        if failures.down(settings.cache_check_seconds) is not None:
+            return unreachable_health()  # at once, not after waiting for a worker thread
+        return await run_in_threadpool(checked_health)
+
+    def unreachable_health() -> JSONResponse:
+        body = {"status": "unavailable", "freshness": "the database is unreachable"}
+        failures.count_503()
+        return JSONResponse(
+            {
+                **body,
+                "database": "unreachable",
+                "data_through": None,
+                "last_run_status": None,
+                "last_run_finished_at": None,
+            },
+            status_code=503,
+        )
+
+    def checked_health() -> JSONResponse:
         try:
-            failures.raise_recent(settings.cache_check_seconds)
             dbs.ping()
             last = runs.recent_runs(dbs.rollup, 1)
             served = read_served(dbs)
             nightly = freshness.last_nightly(dbs)
         except (DatabaseUnavailable, PyMongoError) as exc:
             failures.remember(exc if isinstance(exc, PyMongoError) else ConnectionFailure(str(exc)))
-            body = {"status": "unavailable", "freshness": "the database is unreachable"}
-            return JSONResponse(
-                {
-                    **body,
-                    "database": "unreachable",
-                    "data_through": None,
-                    "last_run_status": None,
-                    "last_run_finished_at": None,
-                },
-                status_code=503,
-            )
+            return unreachable_health()
         run = last[0] if last else {}
         finished = run.get("finished_at")
         lag = timedelta(hours=settings.max_lag_hours)

@@ -56,13 +56,31 @@ class Failures:
         self._at = float("-inf")
         self._error: ConnectionFailure | None = None
         self._probe = probe
+        self._describe = describe
         self._looks = Looks(describe)
+        self._lock = threading.Lock()
+        self._began = 0.0  # when the outage under way began
+        self._answered = 0  # 503s answered since it began
 
-    def remember(self, error: PyMongoError) -> None:
-        if isinstance(error, ConnectionFailure) and not isinstance(error, KnownDown):
+    def count_503(self) -> None:
+        with self._lock:
+            self._answered += 1
+
+    def remember(self, error: PyMongoError) -> bool:
+        """Take note of `error`; true if it begins an outage (logged once, with a probe)."""
+        if not isinstance(error, ConnectionFailure) or isinstance(error, KnownDown):
+            return False
+        with self._lock:
+            began = self._error is None
             self._error, self._at = error, time.monotonic()
-            if self._probe is not None:
-                self._looks.start("probe", self._probing)
+            if began:
+                self._began, self._answered = self._at, 0
+        if self._probe is None:
+            return False
+        if began:
+            log.error("database unavailable: %s", self._describe(error))
+        self._looks.start("probe", self._probing)
+        return began
 
     def down(self, within: float) -> ConnectionFailure | None:
         """The failure callers should fail with now, if any: with a probe, until it gets
@@ -90,10 +108,17 @@ class Failures:
                 self._error, self._at = error, time.monotonic()
                 time.sleep(PROBE_PAUSE_SECONDS)
             except PyMongoError:
-                self._error = None  # it answered, if only with an error
+                break  # it answered, if only with an error
             else:
-                self._error = None
-        log.warning("the database answers again")
+                break
+        with self._lock:
+            self._error = None
+            lasted, answered, self._answered = time.monotonic() - self._began, self._answered, 0
+        log.warning(
+            "the database answers again after %.1f s; %d requests were answered 503 meanwhile",
+            lasted,
+            answered,
+        )
 
 
 class Looks:

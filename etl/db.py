@@ -177,18 +177,19 @@ def connect(
     settings: Settings,
     uri: str,
     transactions: bool | None = None,
-    socket_timeout_ms: int | None = None,
+    timeout_ms: int | None = None,
 ) -> Databases:
-    """Open a client on `uri` (no I/O until first use). Given `socket_timeout_ms`, a reply
-    the server does not send within it fails its operation (None: waits as long as the
-    connection stays open)."""
+    """Open a client on `uri` (no I/O until first use). Given `timeout_ms`, an operation
+    not done within it fails, its server selection and a retry included (None: it waits as
+    long as the connection stays open)."""
+    options: Doc = {} if timeout_ms is None else {"timeoutMS": timeout_ms}
     client: MongoClient[Doc] = MongoClient(
         uri,
         serverSelectionTimeoutMS=settings.server_selection_timeout_ms,
         connectTimeoutMS=settings.server_selection_timeout_ms,
-        socketTimeoutMS=socket_timeout_ms,
         appname="usage-analytics",
         tz_aware=False,
+        **options,
     )
     return Databases(
         client=client,
@@ -202,8 +203,9 @@ def connect(
 
 @contextlib.contextmanager
 def for_requests(dbs: Databases) -> Iterator[Databases]:
-    """A client of the same database for the API: one reply it waits for longer than
-    `api_read_timeout_ms` fails its request (503) rather than holding it."""
+    """A client of the same database for the API: an operation that takes longer than
+    `api_read_timeout_ms` (a retry included) fails its request (503) rather than holding it.
+    The API reads whole results before it answers, so no cursor outlives one request."""
     reading = connect(dbs.settings, dbs.uri, dbs.transactions, dbs.settings.api_read_timeout_ms)
     try:
         yield reading

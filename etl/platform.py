@@ -118,12 +118,18 @@ def unpack(doc: Doc) -> Doc:
     """A stored document with its columns as lists, whether stored packed or not; a
     missing sketch is None."""
     packed = doc.get(PACKED)
-    if not packed:
-        return doc
-    if packed != FORMAT:
+    if PACKED not in doc and isinstance(doc.get("orgs"), list):
+        return _listed(doc)
+    if packed != FORMAT or isinstance(packed, bool):
+        newer = isinstance(packed, int) and not isinstance(packed, bool) and packed > FORMAT
         raise UnreadableDocument(
-            f"platform document {doc['_id']} is in format {packed}, which this version cannot"
-            " read: a newer version wrote it; upgrade, or run `usage rebuild` with this one"
+            f"platform document {doc.get('_id')} is in format {packed!r}, which this version "
+            f"(format {FORMAT}) cannot read"
+            + (
+                "; a newer version wrote it: upgrade, or run `usage rebuild` with this one"
+                if newer
+                else "; `usage verify --repair` over its month writes it again"
+            )
         )
     try:
         return _unpacked(doc)
@@ -132,6 +138,19 @@ def unpack(doc: Doc) -> Doc:
             f"platform document {doc['_id']} is damaged ({exc}); `usage verify --repair` over "
             "its month writes it again"
         ) from None
+
+
+def _listed(doc: Doc) -> Doc:
+    """A document an earlier version wrote as lists, its columns checked."""
+    count = len(doc["orgs"])
+    columns = [doc.get(name) for name in (*MEASURES, USERS, USERS_HLL)]
+    if any(not isinstance(column, list) or len(column) != count for column in columns):
+        raise UnreadableDocument(
+            f"platform document {doc.get('_id')} is damaged (columns that do not hold one "
+            f"entry for each of its {count} organizations); `usage verify --repair` over its "
+            "month writes it again"
+        )
+    return doc
 
 
 def _unpacked(doc: Doc) -> Doc:

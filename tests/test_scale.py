@@ -418,7 +418,7 @@ def test_packing_keeps_every_figure_and_sketch_and_leaves_other_ids_as_lists() -
     assert platform.unpack(doc) is doc
     odd = {**doc, "orgs": ["not-an-object-id", *ids[1:]]}
     assert platform.pack(odd) == odd
-    with pytest.raises(platform.UnreadableDocument, match="format 2, which this version cannot"):
+    with pytest.raises(platform.UnreadableDocument, match="format 2, which this version"):
         platform.unpack({**packed, platform.PACKED: 2})
     empty = {**doc, **{name: [] for name in ("orgs", *MEASURE_COLUMNS, "users_hll")}}
     assert platform.unpack(platform.pack(empty)) == empty
@@ -439,6 +439,23 @@ def test_a_damaged_packed_document_is_refused_naming_it_never_misread(damage: Do
     doc = month_document(sorted(str(ObjectId()) for _ in range(3)))
     with pytest.raises(platform.UnreadableDocument, match="month:2026-09:0000 is damaged"):
         platform.unpack({**platform.pack(doc), **damage})
+
+
+@pytest.mark.parametrize("packed", [0, None, False, "1", -1, 2])
+def test_a_packed_document_of_another_format_is_refused_naming_it(packed: Any) -> None:
+    doc = platform.pack(month_document(sorted(str(ObjectId()) for _ in range(3))))
+    with pytest.raises(platform.UnreadableDocument, match=r"month:2026-09:0000 is in format") as e:
+        platform.unpack({**doc, platform.PACKED: packed})
+    assert ("a newer version wrote it" in str(e.value)) == (packed == 2)
+    without = {key: value for key, value in doc.items() if key != platform.PACKED}
+    with pytest.raises(platform.UnreadableDocument, match="is in format None"):
+        platform.unpack(without)
+
+
+def test_a_document_stored_as_lists_with_columns_that_disagree_is_refused() -> None:
+    doc = month_document(sorted(str(ObjectId()) for _ in range(3)), handoffs=[1, 2])
+    with pytest.raises(platform.UnreadableDocument, match="month:2026-09:0000 is damaged"):
+        platform.unpack(doc)
 
 
 def test_an_unreadable_platform_document_fails_the_api_and_verify_repairs_it(
