@@ -44,7 +44,7 @@ from api.usage import (
     resolve_query,
 )
 from etl import freshness, platform, rollup, runs
-from etl.db import Databases, DatabaseUnavailable, plain_error
+from etl.db import Databases, DatabaseUnavailable, DatabaseUnreachable, plain_error
 from etl.jobs import utcnow
 from etl.settings import Settings
 
@@ -483,14 +483,15 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
 
     @app.exception_handler(DatabaseUnavailable)
     def database_unreachable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
-        return database_down(request, ConnectionFailure(str(exc)))
+        kind = ConnectionFailure if isinstance(exc, DatabaseUnreachable) else PyMongoError
+        return database_down(request, kind(str(exc)))
 
     @app.exception_handler(PyMongoError)
     def database_down(request: Request, exc: PyMongoError) -> JSONResponse:
         # An outage is logged when it begins and when it ends (see `Failures`), with the
         # 503s answered meanwhile; any other error of the database each time.
         failures.remember(exc)
-        if isinstance(exc, ConnectionFailure):
+        if isinstance(exc, ConnectionFailure) or exc.timeout:
             failures.count_503()
         else:
             log.error(
@@ -611,7 +612,10 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
             served = read_served(dbs)
             nightly = freshness.last_nightly(dbs)
         except (DatabaseUnavailable, PyMongoError) as exc:
-            failures.remember(exc if isinstance(exc, PyMongoError) else ConnectionFailure(str(exc)))
+            if isinstance(exc, DatabaseUnreachable):
+                exc = ConnectionFailure(str(exc))
+            if isinstance(exc, PyMongoError):
+                failures.remember(exc)  # an outage if it is one (not a refusal)
             return unreachable_health()
         run = last[0] if last else {}
         finished = run.get("finished_at")

@@ -43,7 +43,7 @@ class KnownDown(ConnectionFailure):
 class Failures:
     """The last failure to reach the database, so that callers fail fast while it is down:
     one after another, each would otherwise wait out its own timeout (seconds each). Only a
-    connection failure counts (an unreachable server, a reply that timed out).
+    connection failure (an unreachable server) or an operation that timed out counts.
 
     Given a `probe` (a cheap command), the database counts as down from the failure until
     the probe, tried again and again in the background, gets an answer: every caller fails at
@@ -67,9 +67,15 @@ class Failures:
             self._answered += 1
 
     def remember(self, error: PyMongoError) -> bool:
-        """Take note of `error`; true if it begins an outage (logged once, with a probe)."""
-        if not isinstance(error, ConnectionFailure) or isinstance(error, KnownDown):
+        """Take note of `error`; true if it begins an outage (logged once, with a probe).
+        An operation that timed out counts too: a server too slow to answer in time is
+        given the probe's pause before requests go to it again."""
+        if not (isinstance(error, ConnectionFailure) or error.timeout):
             return False
+        if isinstance(error, KnownDown):
+            return False
+        if not isinstance(error, ConnectionFailure):
+            error = ConnectionFailure(str(error))
         with self._lock:
             began = self._error is None
             self._error, self._at = error, time.monotonic()
@@ -102,11 +108,11 @@ class Failures:
     def _probing(self) -> None:
         assert self._probe is not None
         while self._error is not None:
+            time.sleep(PROBE_PAUSE_SECONDS)
             try:
                 self._probe()
             except ConnectionFailure as error:
                 self._error, self._at = error, time.monotonic()
-                time.sleep(PROBE_PAUSE_SECONDS)
             except PyMongoError:
                 break  # it answered, if only with an error
             else:

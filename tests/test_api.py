@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from pymongo.errors import (
     AutoReconnect,
     ConnectionFailure,
+    ExecutionTimeout,
     OperationFailure,
     ServerSelectionTimeoutError,
 )
@@ -26,7 +27,7 @@ from api.app import KeyCache, create_app, csv_cell
 from api.background import Failures, Looks
 from api.usage import UsageService, read_served
 from etl import ledger, platform, runner
-from etl.db import Databases, connect, for_requests
+from etl.db import Databases, DatabaseUnavailable, connect, for_requests
 from etl.definition import of_settings
 from etl.settings import Settings
 from tests.factories import (
@@ -895,6 +896,10 @@ def test_while_a_probe_finds_the_database_down_callers_fail_at_once_and_go_on_af
     assert failures.down(2.0) is None
     failures.remember(background.KnownDown("down"))  # a caller failed on what was known
     assert failures.down(2.0) is None and len(probes) == 4
+    # An operation the server cut at the time limit: too slow to go to at once again.
+    assert failures.remember(ExecutionTimeout("operation exceeded time limit", 50))
+    assert failures.down(2.0) is not None
+    wait_until(lambda: failures.down(2.0) is None, "the probe never found the database back")
 
 
 def test_an_error_of_a_database_that_answers_is_logged_every_time_an_outage_once(
@@ -935,6 +940,22 @@ def test_an_error_of_a_database_that_answers_is_logged_every_time_an_outage_once
         "the database answers again",
     ]
     assert lines[-1].endswith("; 5 requests were answered 503 meanwhile")
+
+
+def test_a_database_that_refuses_is_no_outage_to_health(
+    dbs: Databases, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bad credentials: health answers 503 each time, but nothing is probed or failed fast."""
+
+    def refuse() -> None:
+        raise DatabaseUnavailable("authentication failed")
+
+    monkeypatch.setattr(dbs, "ping", refuse)
+    with TestClient(create_app(dbs, clock=lambda: NOW)) as client:
+        for _ in range(3):
+            assert client.get("/api/health").status_code == 503
+        assert client.app.state.failures.down(1.0) is None
+    assert not [r for r in caplog.records if "database unavailable" in r.getMessage()]
 
 
 def test_only_an_unreachable_database_fails_callers_fast_and_only_for_seconds(
