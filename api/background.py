@@ -74,6 +74,7 @@ class Failures:
             return False
         if isinstance(error, KnownDown):
             return False
+        said = self._describe(error)  # a timeout as such, not as an unreachable server
         if not isinstance(error, ConnectionFailure):
             error = ConnectionFailure(str(error))
         with self._lock:
@@ -84,7 +85,7 @@ class Failures:
         if self._probe is None:
             return False
         if began:
-            log.error("database unavailable: %s", self._describe(error))
+            log.error("database unavailable: %s", said)
         self._looks.start("probe", self._probing)
         return began
 
