@@ -140,9 +140,12 @@ class Databases:
         try:
             self.client.admin.command("ping")
         except PyMongoError as exc:
-            unreachable = isinstance(exc, ConnectionFailure)
-            kind = DatabaseUnreachable if unreachable else DatabaseUnavailable
-            raise kind(plain_error(exc, self.uri)) from None
+            raise self.unavailable(exc) from None
+
+    def unavailable(self, exc: PyMongoError) -> DatabaseUnavailable:
+        """`exc` as one plain line: unreachable when no answer came at all."""
+        kind = DatabaseUnreachable if isinstance(exc, ConnectionFailure) else DatabaseUnavailable
+        return kind(plain_error(exc, self.uri))
 
     def supports_transactions(self) -> bool:
         """Whether the server runs transactions; asks it once, as the topology is unknown
@@ -154,7 +157,7 @@ class Databases:
             except AttributeError:  # mongomock has no topology
                 kind = "Unknown"
             except PyMongoError as exc:
-                raise DatabaseUnavailable(plain_error(exc, self.uri)) from None
+                raise self.unavailable(exc) from None
             self.transactions = kind in ("ReplicaSetWithPrimary", "Sharded", "LoadBalanced")
         return self.transactions
 
@@ -163,7 +166,7 @@ class Databases:
         try:
             hello = self.client.admin.command("hello")
         except PyMongoError as exc:
-            raise DatabaseUnavailable(plain_error(exc, self.uri)) from None
+            raise self.unavailable(exc) from None
         now = hello.get("localTime")
         if isinstance(now, datetime):
             return now.replace(tzinfo=None)

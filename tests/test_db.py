@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from etl.db import mask_uri, open_databases
+from etl.db import DatabaseUnreachable, connect, mask_uri, open_databases
 from etl.settings import Settings
 
 
@@ -78,3 +78,17 @@ def test_the_embedded_server_gets_the_cache_setting(
     with open_databases(settings) as dbs:
         dbs.ping()
     assert [kwargs["cache_size"] for kwargs in started] == ["256M"]
+
+
+def test_every_look_at_a_database_that_does_not_answer_says_it_is_unreachable(
+    dead_uri: str,
+) -> None:
+    """The API tells an outage (probed, failed fast) from a refusal by this class alone."""
+    settings = Settings(_env_file=None, server_selection_timeout_ms=200)  # type: ignore[call-arg]
+    down = connect(settings, dead_uri)
+    try:
+        for look in (down.ping, down.supports_transactions, down.server_time):
+            with pytest.raises(DatabaseUnreachable, match="cannot reach MongoDB at"):
+                look()
+    finally:
+        down.close()
