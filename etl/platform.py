@@ -109,6 +109,10 @@ def pack(doc: Doc) -> Doc:
     }
 
 
+# What mends a document this version cannot read but could have written.
+REPAIR = "`usage verify --repair` over its month writes it again"
+
+
 class UnreadableDocument(ValueError):
     """A platform document this version cannot read: a newer version's format, or columns
     that do not agree (a document damaged or written by hand)."""
@@ -128,15 +132,14 @@ def unpack(doc: Doc) -> Doc:
             + (
                 "; a newer version wrote it: upgrade, or run `usage rebuild` with this one"
                 if newer
-                else "; `usage verify --repair` over its month writes it again"
+                else f"; {REPAIR}"
             )
         )
     try:
         return _unpacked(doc)
     except (KeyError, TypeError, ValueError) as exc:
         raise UnreadableDocument(
-            f"platform document {doc['_id']} is damaged ({exc}); `usage verify --repair` over "
-            "its month writes it again"
+            f"platform document {doc.get('_id')} is damaged ({exc}); {REPAIR}"
         ) from None
 
 
@@ -147,8 +150,7 @@ def _listed(doc: Doc) -> Doc:
     if any(not isinstance(column, list) or len(column) != count for column in columns):
         raise UnreadableDocument(
             f"platform document {doc.get('_id')} is damaged (columns that do not hold one "
-            f"entry for each of its {count} organizations); `usage verify --repair` over its "
-            "month writes it again"
+            f"entry for each of its {count} organizations); {REPAIR}"
         )
     return doc
 

@@ -182,8 +182,8 @@ def replace_rows(
 
 def delete_ids(stored: Collection[Doc], ids: list[Any], session: ClientSession | None) -> None:
     """Delete the rows of `ids`, LONG_IN at a time."""
-    for start in range(0, len(ids), LONG_IN):
-        stored.delete_many({"_id": {"$in": ids[start : start + LONG_IN]}}, session=session)
+    for query in id_queries(ids):
+        stored.delete_many(query, session=session)
 
 
 def plain(doc: Doc) -> Doc:
