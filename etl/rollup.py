@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from bson import Binary
-from pymongo import ASCENDING, InsertOne, ReplaceOne
+from pymongo import ASCENDING
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
@@ -154,30 +154,27 @@ def replace_rows(
 
     A month derived again whole (a repair, a run finishing one cut short) mostly comes out as
     it was: on the embedded server, deleting and inserting a row costs several times reading
-    it. Replacing a row costs more than deleting and inserting it, so when more than half the
-    rows change, all are deleted and inserted instead."""
+    it. Replacing a row costs more than deleting and inserting it, so a row that changed is
+    deleted and inserted again; when most of the rows of a single query go, they are all
+    deleted by the query, which costs less than naming them."""
     old = {doc["_id"]: doc for query in queries for doc in stored.find(query, session=session)}
     stored_ids = sorted(old)
-    writes: list[InsertOne[Doc] | ReplaceOne[Doc]] = []
+    fresh, changed = [], []
     for row in rows:
         have = old.pop(row["_id"], None)
         if have is None:
-            writes.append(InsertOne(row))
+            fresh.append(row)
         elif plain(have) != plain(row):
-            writes.append(ReplaceOne({"_id": row["_id"]}, row))
+            changed.append(row)
     gone = sorted(old)
-    if len(gone) == len(stored_ids) or len(writes) > len(rows) // 2:
-        # One query deletes its rows by its index; many, by the ids read.
-        if len(queries) == 1 and stored_ids:
-            stored.delete_many(queries[0], session=session)
-        else:
-            delete_ids(stored, stored_ids, session)
-        if rows:
-            stored.insert_many(rows, ordered=False, session=session)
-        return
-    delete_ids(stored, gone, session)
-    if writes:
-        stored.bulk_write(writes, ordered=False, session=session)
+    if len(queries) == 1 and stored_ids and len(gone) + len(changed) > len(stored_ids) // 2:
+        stored.delete_many(queries[0], session=session)
+        fresh = rows
+    else:
+        delete_ids(stored, sorted(gone + [row["_id"] for row in changed]), session)
+        fresh = changed + fresh
+    if fresh:
+        stored.insert_many(fresh, ordered=False, session=session)
 
 
 def delete_ids(stored: Collection[Doc], ids: list[Any], session: ClientSession | None) -> None:
@@ -219,6 +216,7 @@ def derive_months(
     orgs: set[str] | OrgRange | None = None,
     by_month: bool = True,
     most_rows: int | None = None,
+    lost: set[str] | None = None,
 ) -> None:
     """Rewrite every coarser level of `months` from the daily rows, never by differences.
 
@@ -232,6 +230,10 @@ def derive_months(
     month lag the day rows until they are derived again (see `mark_stale`). Given
     `most_rows`, a set of several organizations holding more day rows than that raises
     TooManyRows before anything is written.
+
+    The stored rows of named organizations are read by their ids where these are known
+    (see `named_queries`); `lost` names those of them that lost a day row of the month since
+    their levels by month were last derived (None: any of them may have).
     """
     daily = dbs.usage_daily(generation)
     if orgs is not None and not orgs:
@@ -262,11 +264,9 @@ def derive_months(
                 which = {"day": {"$in": rewritten}}
             derived[level] = lattice.summarize(selected, level)
             queries = [{**which, **of} for of in of_orgs]
-            if isinstance(orgs, set) and not level.by_agent:
-                # Its rows of named organizations by their ids: a query or a few, rather
-                # than one an organization.
+            if isinstance(orgs, set):
                 periods = rewritten if level.period == "day" else [month]
-                queries = id_queries(level.ids_of(orgs, periods))
+                queries = named_queries(level, orgs, periods, derived[level], which, lost)
             replace_rows(stored, queries, derived[level], session)
         by_day: dict[str, list[Doc]] = {day: [] for day in rewritten}
         for row in derived.get(lattice.ORG_DAILY, []):
@@ -277,6 +277,30 @@ def derive_months(
         # last part: a document no version here can read is dropped, not kept.
         whole = isinstance(orgs, OrgRange)
         platform.write_levels(stored, by_day, months_rows, session, orgs, whole)
+
+
+def named_queries(
+    level: lattice.Level,
+    orgs: set[str],
+    periods: list[str],
+    rows: list[Doc],
+    which: Doc,
+    lost: set[str] | None,
+) -> list[Doc]:
+    """Filters that together select the stored rows of `level` that the named `orgs` may
+    have in `periods`, given `rows`, the level's rows derived again from every day row of
+    theirs in those periods: a query or a few by ids, rather than one an organization.
+
+    A level without agents has one row an organization and period, its id known. A level
+    by agent derived from the same days before held a row for each agent of theirs then; an
+    agent's day rows are only added or changed, unless its organization is among the `lost`
+    (None: every one), so those agents all have rows in `rows`. The lost ones are read with
+    a query each (`which`, the level's rows of the periods, beside each organization)."""
+    if not level.by_agent:
+        return id_queries(level.ids_of(orgs, periods))
+    loose = orgs if lost is None else orgs & lost
+    ids = sorted(str(row["_id"]) for row in rows if row["org_id"] not in loose)
+    return id_queries(ids) + [{**which, "org_id": org} for org in sorted(loose)]
 
 
 def id_queries(ids: list[str]) -> list[Doc]:
@@ -307,10 +331,12 @@ def mark_stale(
     by_month: bool,
     session: ClientSession | None,
     by_day: bool = False,
-) -> tuple[set[str] | None, bool]:
+    lost: set[str] | None = None,
+) -> tuple[set[str] | None, set[str], bool]:
     """Keep the marks of months whose levels by month lag their days. Return the
-    organizations the write derives (None: every one), and whether it derives the levels by
-    month in its own transaction.
+    organizations the write derives (None: every one), those of them that lost a day row
+    (see `derive_months`), and whether it derives the levels by month in its own
+    transaction.
 
     A part that leaves the levels by month behind (`by_month` false) marks its months with
     the organizations it wrote (past MARKED_ORGS of them, or not knowing, the whole month). The
@@ -321,20 +347,24 @@ def mark_stale(
     days outgrows the cache of a server. Done before the write's rows, in its transaction:
     the marks are small.
 
-    With `by_day`, the mark says the levels by day lag too; a later mark keeps that."""
+    With `by_day`, the mark says the levels by day lag too; a later mark keeps that. A
+    mark also names the organizations that lost a day row (`lost`; not given: every one of
+    `orgs`), until their levels by month are derived again."""
     stale = dbs.level(USAGE_STALE_MONTHS, generation)
     marks = list(stale.find({"_id": {"$in": sorted(months)}}, session=session))
+    lost = set(orgs or ()) if lost is None else lost
     if by_month:
-        merged = orgs
+        merged, merged_lost = orgs, lost
         for found in marks:
             if merged is not None and not found.get("whole"):
                 merged = merged | set(found.get("orgs", ()))
+                merged_lost = merged_lost | lost_of(found)
             else:
                 merged = None
         if merged is not None and len(merged) <= LONG_IN:
             if marks:
                 stale.delete_many({"_id": {"$in": sorted(months)}}, session=session)
-            return merged, True
+            return merged, merged_lost, True
     marked = {mark["_id"]: mark for mark in marks}
     for month in sorted(months):
         earlier = marked.get(month, {})
@@ -345,11 +375,18 @@ def mark_stale(
             continue  # nothing changed, nothing to derive
         mark: Doc = {"_id": month, "whole": True}
         if named is not None and len(named) <= MARKED_ORGS:
-            mark = {"_id": month, "orgs": sorted(named)}
+            mark = {"_id": month, "orgs": sorted(named), "lost": sorted(lost | lost_of(earlier))}
         if by_day or earlier.get("by_day"):
             mark["by_day"] = True
         stale.replace_one({"_id": month}, mark, upsert=True, session=session)
-    return orgs, False
+    return orgs, lost, False
+
+
+def lost_of(mark: Doc) -> set[str]:
+    """The organizations a stale mark names that lost a day row since their levels by month
+    were derived; a mark that does not say (an earlier version's) names every one."""
+    named: Iterable[str] = mark.get("lost", mark.get("orgs")) or ()
+    return set(named)
 
 
 def clear_stale(
@@ -376,6 +413,7 @@ def derive_stale(
         if mark is None:
             continue
         named = None if mark.get("whole") else set(mark.get("orgs", ()))
+        lost = lost_of(mark)
         if named is not None and session is None:
             # Without a transaction, a run dying inside a named organization's write could
             # leave any level of the month behind: the month is derived whole, and its mark
@@ -384,7 +422,7 @@ def derive_stale(
             named = None
         # A repair's mark: the levels by day of the month lag their rows as well.
         days: list[str] | None = None if mark.get("by_day") else []
-        derive_in_ranges(dbs, target, month, days, session, heartbeat, named)
+        derive_in_ranges(dbs, target, month, days, session, heartbeat, named, lost)
 
 
 def mark_whole(
@@ -405,8 +443,10 @@ def derive_in_ranges(
     session: ClientSession | None,
     heartbeat: Callable[[], None] | None = None,
     named: set[str] | None = None,
+    lost: set[str] | None = None,
 ) -> None:
-    """Derive a month marked stale, whole or for the organizations `named`, in parts of at
+    """Derive a month marked stale, whole or for the organizations `named` (`lost`: see
+    `derive_months`), in parts of at
     most `transaction_rows` day rows each (an organization is never split), one transaction
     each: its levels by month, and with `days` None its levels by day too. A whole month is
     derived in ranges of organization ids; named organizations together, or in halves of
@@ -427,7 +467,7 @@ def derive_in_ranges(
         if heartbeat:
             heartbeat()
         write = functools.partial(
-            derive_marked, dbs, target, month, orgs, days, not pending, session, bound
+            derive_marked, dbs, target, month, orgs, days, not pending, session, bound, lost
         )
         try:
             in_transaction(session, write)
@@ -477,11 +517,15 @@ def derive_marked(
     last: bool,
     session: ClientSession | None,
     most_rows: int | None = None,
+    lost: set[str] | None = None,
 ) -> None:
     """Derive `orgs`' levels of a stale `month` (by month; with `days` None, by day too);
     the `last` of them clears its mark. More than one organization named holding more than
-    `most_rows` day rows raise TooManyRows, before anything is written."""
-    derive_months(dbs, target.generation, [month], session, days, orgs, most_rows=most_rows)
+    `most_rows` day rows raise TooManyRows, before anything is written. `lost`: see
+    `derive_months`."""
+    derive_months(
+        dbs, target.generation, [month], session, days, orgs, most_rows=most_rows, lost=lost
+    )
     if last:
         clear_stale(dbs, target.generation, [month], session)
         if target.served:
@@ -575,10 +619,12 @@ def save_days(
         # nightly run over a few days of a platform with many small organizations rewrites
         # the months of the organizations active since the last run, not every one.
         # Without a transaction, a run that died half-way may have left any level behind.
-        orgs, rewritten = None, labels
+        orgs, rewritten, lost = None, labels, None
         if session is not None and not any_dirty(dbs, generation, months, session):
-            orgs, rewritten = changed_rows(old, new_rows)
-        orgs, derives = mark_stale(dbs, generation, months, orgs, by_month, session)
+            orgs, rewritten, lost = changed_rows(old, new_rows)
+        orgs, lost, derives = mark_stale(
+            dbs, generation, months, orgs, by_month, session, lost=lost
+        )
         # When many organizations changed on these days, their levels by day are re-derived
         # whole: reading them by their index costs less than naming thousands of ids.
         if orgs is not None and len(orgs) > LONG_IN:
@@ -589,7 +635,7 @@ def save_days(
             usage.delete_many({"day": {"$in": rewritten}}, session=session)
         if fresh:
             usage.insert_many(descending(fresh), ordered=False, session=session)
-        derive_months(dbs, generation, months, session, rewritten, orgs, derives)
+        derive_months(dbs, generation, months, session, rewritten, orgs, derives, lost=lost)
         ledger.stamp_days(dbs, generation, days, stamp, session)
         if target.served:
             ledger.bump(dbs.rollup, generation, session)
@@ -600,17 +646,20 @@ def save_days(
     return in_transaction(session, replace)
 
 
-def changed_rows(old: list[Doc], new: list[Doc]) -> tuple[set[str], list[str]]:
+def changed_rows(old: list[Doc], new: list[Doc]) -> tuple[set[str], list[str], set[str]]:
     """The organizations and the days of the rows of `old` and `new` (day rows of the same
-    days) that are not in both alike: a row gone, a row added, or a row that changed."""
+    days) that are not in both alike (a row gone, a row added, or a row that changed), and
+    the organizations of the rows gone."""
     stored = {doc["_id"]: plain(doc) for doc in old}
     changed = []
     for row in new:
         have = stored.pop(row["_id"], None)
         if have != plain(row):
             changed.append(row)
-    changed += stored.values()
-    return {row["org_id"] for row in changed}, sorted({row["day"] for row in changed})
+    gone = list(stored.values())
+    changed += gone
+    orgs = {row["org_id"] for row in changed}
+    return orgs, sorted({row["day"] for row in changed}), {row["org_id"] for row in gone}
 
 
 def descending(rows: list[Doc]) -> list[Doc]:

@@ -10,7 +10,7 @@ from bson import ObjectId
 from pymongo.errors import OperationFailure
 
 from etl import rollup, runner
-from etl.db import Databases
+from etl.db import Databases, Doc
 from etl.settings import Settings
 from tests.factories import BOT_1, BOT_2, DROP, ORG_A, ORG_B, make_request
 
@@ -354,9 +354,9 @@ def test_rows_are_replaced_by_writing_only_those_that_differ(
     dbs: Databases, monkeypatch: pytest.MonkeyPatch, long_in: int
 ) -> None:
     """The rows a query matches become exactly the new rows; a stored row equal to its new
-    one (binary fields read back as bytes) is not written again; past LONG_IN, the rows gone
-    are deleted a list at a time. With none kept, or most changed, all are deleted by the
-    query and inserted."""
+    one (binary fields read back as bytes) is not written again, the others are deleted (past
+    LONG_IN, a list at a time) and inserted. With most changed or gone, all are deleted by
+    the query and inserted."""
     from bson import Binary
 
     monkeypatch.setattr(rollup, "LONG_IN", long_in)
@@ -375,14 +375,21 @@ def test_rows_are_replaced_by_writing_only_those_that_differ(
             {"_id": "x", "month": "2026-10", "conversations": 5},
         ]
     )
-    written: list[object] = []
-    real = type(stored).bulk_write
+    inserted: list[str] = []
+    deleted: list[object] = []
+    collection = type(stored)
+    real_insert, real_delete = collection.insert_many, collection.delete_many
 
-    def recorded(self: Any, requests: list[object], *args: Any, **kwargs: Any) -> Any:
-        written.extend(requests)
-        return real(self, requests, *args, **kwargs)
+    def insert_many(self: Any, rows: list[Doc], *args: Any, **kwargs: Any) -> Any:
+        inserted.extend(row["_id"] for row in rows)
+        return real_insert(self, rows, *args, **kwargs)
 
-    monkeypatch.setattr(type(stored), "bulk_write", recorded)
+    def delete_many(self: Any, query: Doc, *args: Any, **kwargs: Any) -> Any:
+        deleted.append(query)
+        return real_delete(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(collection, "insert_many", insert_many)
+    monkeypatch.setattr(collection, "delete_many", delete_many)
     new = {"_id": "e", "month": "2026-09", "conversations": 6}
     rows = [dict(same), *[dict(row) for row in alike], changed, new]
     rollup.replace_rows(stored, [{"month": "2026-09"}], rows, None)
@@ -393,13 +400,16 @@ def test_rows_are_replaced_by_writing_only_those_that_differ(
         new,
         {"_id": "x", "month": "2026-10", "conversations": 5},
     ]
-    assert sorted(str(getattr(op, "_doc", None)) for op in written) == sorted(
-        str(row) for row in (changed, new)
-    )
-    written.clear()
+    assert sorted(inserted) == ["b", "e"]
+    # The changed row and the two gone: by their ids, LONG_IN at a time.
+    ids = ["b", "c", "d"]
+    assert deleted == [{"_id": {"$in": ids[at : at + long_in]}} for at in range(0, 3, long_in)]
+    inserted.clear()
+    deleted.clear()
     most = [{**row, "conversations": 9} for row in rows[:4]]
     rollup.replace_rows(stored, [{"month": "2026-09"}], most, None)
-    assert written == []
+    assert deleted == [{"month": "2026-09"}]
+    assert sorted(inserted) == sorted(row["_id"] for row in most)
     assert sorted(stored.find(), key=lambda row: row["_id"]) == [
         {**row, "users_hll": b"\x01\x02"} if "users_hll" in row else row for row in most
     ] + [{"_id": "x", "month": "2026-10", "conversations": 5}]

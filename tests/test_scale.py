@@ -14,7 +14,7 @@ from bson import Binary, ObjectId
 from api import usage
 from etl import ledger, platform, rollup, runner, verify
 from etl.db import USAGE_PLATFORM, Databases, Doc, connect
-from tests.factories import make_request, set_platform_figure, staff_query
+from tests.factories import BOT_1, BOT_2, make_request, set_platform_figure, staff_query
 
 T0 = datetime(2026, 10, 12, 2, 0)
 ORGS = [ObjectId(f"65e18830a0616000137bb9{n:02x}") for n in range(4)]
@@ -959,7 +959,8 @@ def test_a_named_mark_derived_without_a_transaction_and_cut_short_in_the_platfor
         backfill(dbs, "2026-09-01", "2026-09-30", T0 + timedelta(hours=1))
     monkeypatch.setattr(rollup, "derive_marked", real_marked)
     marks = list(dbs.level("usage_stale_months").find())
-    assert marks == [{"_id": "2026-09", "orgs": sorted(str(o) for o in ORGS[:2])}]
+    # Their rows only grew: neither lost a day row.
+    assert marks == [{"_id": "2026-09", "orgs": sorted(str(o) for o in ORGS[:2]), "lost": []}]
 
     # A run without transactions derives the mark and dies inside the platform level's month.
     plain = connect(dbs.settings, dbs.uri, transactions=False)
@@ -1005,3 +1006,62 @@ def test_a_repair_cut_short_between_ranges_is_finished_levels_by_day_included(
     runner.run_nightly(dbs, later, lambda: later)
     assert rollup.stale_months(dbs, 1) == []
     assert verify.find_month_drift(dbs, first, last) == []
+
+
+@pytest.mark.parametrize("path", ["together", "named", "marked", "marked before lost"])
+def test_an_agent_gone_from_a_month_leaves_no_row_by_month(
+    dbs: Databases, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """An agent's only conversation of September moves to another agent: its row by agent
+    and month goes, whether the month is derived with the days ("together"), after them for
+    named organizations ("named"), by a later run from the mark a run cut short left
+    ("marked"), or from a mark that does not say which organizations lost a day row, as an
+    earlier version wrote them ("marked before lost")."""
+    bot_2 = {"attributes": {"bot_id": BOT_2}, "participantsBots": [f"bot_{BOT_2}"]}
+    dbs.source.requests.insert_many(
+        [
+            make_request(createdAt=datetime(2026, 9, 3, 9), id_organization=ORGS[0]),
+            make_request(createdAt=datetime(2026, 9, 4, 9), id_organization=ORGS[0], **bot_2),
+            make_request(createdAt=datetime(2026, 9, 3, 9), id_organization=ORGS[1]),
+        ]
+    )
+    backfill(dbs, "2026-09-01", "2026-09-30", T0)
+    first, second = str(ORGS[0]), str(ORGS[1])
+    assert agent_months(dbs) == {(first, BOT_1): 1, (first, BOT_2): 1, (second, BOT_1): 1}
+
+    dbs.source.requests.update_one(
+        {"attributes.bot_id": BOT_2},
+        {"$set": {"attributes.bot_id": BOT_1, "participantsBots": [f"bot_{BOT_1}"]}},
+    )
+    dbs.source.requests.insert_one(
+        make_request(createdAt=datetime(2026, 9, 4, 11), id_organization=ORGS[1])
+    )
+    if path != "together":
+        monkeypatch.setattr(rollup, "LONG_IN", 1)
+    if path.startswith("marked"):
+        real_marked = rollup.derive_marked
+
+        def dies(*args: Any, **kwargs: Any) -> None:
+            raise Killed
+
+        monkeypatch.setattr(rollup, "derive_marked", dies)
+        with pytest.raises(Killed):
+            backfill(dbs, "2026-09-01", "2026-09-30", T0 + timedelta(hours=1))
+        monkeypatch.setattr(rollup, "derive_marked", real_marked)
+        stale = dbs.level("usage_stale_months")
+        assert stale.find_one({"_id": "2026-09"}) == {
+            "_id": "2026-09",
+            "orgs": [first, second],
+            "lost": [first],
+        }
+        if path == "marked before lost":
+            stale.update_one({"_id": "2026-09"}, {"$unset": {"lost": ""}})
+    backfill(dbs, "2026-09-01", "2026-09-30", T0 + timedelta(hours=2))
+
+    assert agent_months(dbs) == {(first, BOT_1): 2, (second, BOT_1): 2}
+    assert september_by_level(dbs) == [{first: 2, second: 2}] * 3
+    assert rollup.stale_months(dbs, 1) == []
+    checked = runner.verify_range(
+        dbs, date(2026, 9, 1), date(2026, 9, 30), T0 + timedelta(hours=3), lambda: T0
+    )
+    assert checked.drift == []

@@ -327,26 +327,42 @@ def identity(value: datetime) -> datetime:
     return value
 
 
+@dataclass(frozen=True)
+class NightlyCost:
+    """A nightly run's median seconds per day it recomputed, and per thousand conversations
+    it counted in them: datasets of different daily volumes compare by the second."""
+
+    per_day: float
+    per_thousand: float
+
+
+def median_cost(results: list[tuple[float, runner.RunResult]]) -> NightlyCost:
+    return NightlyCost(
+        statistics.median(elapsed / max(result.stats.days, 1) for elapsed, result in results),
+        statistics.median(
+            1000 * elapsed / max(result.stats.conversations, 1) for elapsed, result in results
+        ),
+    )
+
+
 def nightly_seconds(dbs: Databases, now: datetime, runs: int) -> float:
     return nightly_per_day(dbs, now, runs)[0]
 
 
-def nightly_per_day(dbs: Databases, now: datetime, runs: int) -> tuple[float, float]:
-    """The nightly run's median seconds, and seconds per day it recomputed, over days whose
-    documents did not change since the run before."""
+def nightly_per_day(dbs: Databases, now: datetime, runs: int) -> tuple[float, NightlyCost]:
+    """The nightly run's median seconds, and its cost, over days whose documents did not
+    change since the run before."""
     runner.run_nightly(dbs, now, lambda: now)
-    times, per_day = [], []
+    results = []
     for n in range(runs):
         later = now + timedelta(minutes=30 * (n + 1))
         started = time.perf_counter()
         result = runner.run_nightly(dbs, later, functools.partial(identity, later))
-        elapsed = time.perf_counter() - started
-        times.append(elapsed)
-        per_day.append(elapsed / max(result.stats.days, 1))
-    return statistics.median(times), statistics.median(per_day)
+        results.append((time.perf_counter() - started, result))
+    return statistics.median(elapsed for elapsed, _ in results), median_cost(results)
 
 
-def nightly_after_a_day(dbs: Databases, now: datetime, runs: int) -> float:
+def nightly_after_a_day(dbs: Databases, now: datetime, runs: int) -> NightlyCost:
     """The nightly run's median seconds per day recomputed when yesterday's conversations are
     new to it, as every night: yesterday's documents are set aside and a nightly run drops
     their rows, then they are put back and the run measured recomputes them."""
@@ -355,7 +371,7 @@ def nightly_after_a_day(dbs: Databases, now: datetime, runs: int) -> float:
     first, last = source.utc_range(yesterday, yesterday, settings.zone)
     of_yesterday = {"createdAt": {"$gte": first, "$lt": last}}
     requests = dbs.requests()
-    per_day = []
+    results = []
     for n in range(runs):
         docs = list(requests.find(of_yesterday))
         requests.delete_many(of_yesterday)
@@ -365,8 +381,8 @@ def nightly_after_a_day(dbs: Databases, now: datetime, runs: int) -> float:
         later = before + timedelta(minutes=30)
         started = time.perf_counter()
         result = runner.run_nightly(dbs, later, functools.partial(identity, later))
-        per_day.append((time.perf_counter() - started) / max(result.stats.days, 1))
-    return statistics.median(per_day)
+        results.append((time.perf_counter() - started, result))
+    return median_cost(results)
 
 
 def plan_stages(plan: Any) -> str:
@@ -638,16 +654,15 @@ def measure(bench: Bench, uri: str, size: str, args: argparse.Namespace) -> None
         server.terminate()
         server.wait(timeout=30)
 
-    # The nightly run over this dataset: seconds, and seconds per day it recomputed.
+    # The nightly run over this dataset: seconds, and its cost by day and by conversation.
     nightly_runs = 3 if is_large else args.runs
-    nightly, per_day = nightly_per_day(dbs, utcnow(), nightly_runs)
+    nightly, nothing_new = nightly_per_day(dbs, utcnow(), nightly_runs)
     bench.add("nightly run, nothing new (s)", nightly)
-    bench.add("nightly run per day recomputed, nothing new (s)", per_day)
     after_a_day = nightly_after_a_day(dbs, utcnow(), nightly_runs)
-    bench.add("nightly run per day recomputed, after a day (s)", after_a_day)
+    add_nightly(bench, "", nothing_new, after_a_day)
     dbs.close()
     if is_large:
-        standard_ratios(bench, uri, now, cold, (per_day, after_a_day), args.runs)
+        standard_ratios(bench, uri, now, cold, (nothing_new, after_a_day), args.runs)
 
     # 5: the nightly run at the same daily volume over 6 and 12 months of history.
     history = replace(sample.SMALL, seed=11)
@@ -668,7 +683,7 @@ def standard_ratios(
     uri: str,
     now: datetime,
     cold: float,
-    per_day: tuple[float, float],
+    large_costs: tuple[NightlyCost, NightlyCost],
     runs: int,
 ) -> None:
     """The standard dataset in the same server and run: the large figures that are ratios."""
@@ -685,8 +700,7 @@ def standard_ratios(
     standard_after_a_day = nightly_after_a_day(dbs, utcnow(), runs)
     dbs.close()
     bench.add("standard: platform view cold p50 (ms)", standard_cold)
-    bench.add("standard: nightly per day recomputed, nothing new (s)", standard_nothing_new)
-    bench.add("standard: nightly per day recomputed, after a day (s)", standard_after_a_day)
+    add_nightly(bench, "standard: ", standard_nothing_new, standard_after_a_day)
     ratio = cold / standard_cold
     bench.add(
         "platform view cold large / standard",
@@ -694,17 +708,28 @@ def standard_ratios(
         f"<= {MAX_COLD_RATIO:g}",
         ratio <= MAX_COLD_RATIO,
     )
-    for name, large_figure, standard in (
-        ("nothing new", per_day[0], standard_nothing_new),
-        ("after a day", per_day[1], standard_after_a_day),
+    # The large dataset counts more conversations a day than the standard one, and a nightly
+    # run aggregates every conversation of its days: by the day, the ratio is at least theirs.
+    # By the conversation, it is what the organizations cost, the target.
+    for name, large_cost, standard in (
+        ("nothing new", large_costs[0], standard_nothing_new),
+        ("after a day", large_costs[1], standard_after_a_day),
     ):
-        ratio = large_figure / standard
+        by_day = large_cost.per_day / standard.per_day
+        bench.add(f"nightly per day large / standard, {name}", by_day)
+        ratio = large_cost.per_thousand / standard.per_thousand
         bench.add(
-            f"nightly per day large / standard, {name}",
+            f"nightly per conversation large / standard, {name}",
             ratio,
             f"<= {MAX_NIGHTLY_RATIO:g}",
             ratio <= MAX_NIGHTLY_RATIO,
         )
+
+
+def add_nightly(bench: Bench, prefix: str, nothing_new: NightlyCost, after: NightlyCost) -> None:
+    for name, cost in (("nothing new", nothing_new), ("after a day", after)):
+        bench.add(f"{prefix}nightly per day recomputed, {name} (s)", cost.per_day)
+        bench.add(f"{prefix}nightly per 1,000 conversations, {name} (s)", cost.per_thousand)
 
 
 def vanilla_cost(bench: Bench, uri: str, now: datetime) -> None:
