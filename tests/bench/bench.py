@@ -330,7 +330,7 @@ def identity(value: datetime) -> datetime:
 @dataclass(frozen=True)
 class NightlyCost:
     """A nightly run's median seconds per day it recomputed, and per thousand conversations
-    it counted in them: datasets of different daily volumes compare by the second."""
+    it counted in them (what the large and standard datasets' daily volumes do to it)."""
 
     per_day: float
     per_thousand: float
@@ -363,7 +363,7 @@ def nightly_per_day(dbs: Databases, now: datetime, runs: int) -> tuple[float, Ni
 
 
 def nightly_after_a_day(dbs: Databases, now: datetime, runs: int) -> NightlyCost:
-    """The nightly run's median seconds per day recomputed when yesterday's conversations are
+    """The nightly run's median cost when yesterday's conversations are
     new to it, as every night: yesterday's documents are set aside and a nightly run drops
     their rows, then they are put back and the run measured recomputes them."""
     settings = dbs.settings
@@ -708,22 +708,21 @@ def standard_ratios(
         f"<= {MAX_COLD_RATIO:g}",
         ratio <= MAX_COLD_RATIO,
     )
-    # The large dataset counts more conversations a day than the standard one, and a nightly
-    # run aggregates every conversation of its days: by the day, the ratio is at least theirs.
-    # By the conversation, it is what the organizations cost, the target.
+    # The target is by the day; by the conversation, the figure says how much of the ratio
+    # is the large dataset's greater daily volume, which every nightly run aggregates.
     for name, large_cost, standard in (
         ("nothing new", large_costs[0], standard_nothing_new),
         ("after a day", large_costs[1], standard_after_a_day),
     ):
-        by_day = large_cost.per_day / standard.per_day
-        bench.add(f"nightly per day large / standard, {name}", by_day)
-        ratio = large_cost.per_thousand / standard.per_thousand
+        ratio = large_cost.per_day / standard.per_day
         bench.add(
-            f"nightly per conversation large / standard, {name}",
+            f"nightly per day large / standard, {name}",
             ratio,
             f"<= {MAX_NIGHTLY_RATIO:g}",
             ratio <= MAX_NIGHTLY_RATIO,
         )
+        by_conversation = large_cost.per_thousand / standard.per_thousand
+        bench.add(f"nightly per conversation large / standard, {name}", by_conversation)
 
 
 def add_nightly(bench: Bench, prefix: str, nothing_new: NightlyCost, after: NightlyCost) -> None:
