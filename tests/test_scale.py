@@ -925,6 +925,21 @@ class Killed(BaseException):
     """A run dying where a test says (not an Exception: nothing catches it)."""
 
 
+def backfill_dying_before_marked(
+    dbs: Databases, monkeypatch: pytest.MonkeyPatch, now: datetime
+) -> None:
+    """Backfill September, the run dying when it would derive the months it marked stale."""
+    real_marked = rollup.derive_marked
+
+    def dies(*args: Any, **kwargs: Any) -> None:
+        raise Killed
+
+    monkeypatch.setattr(rollup, "derive_marked", dies)
+    with pytest.raises(Killed):
+        backfill(dbs, "2026-09-01", "2026-09-30", now)
+    monkeypatch.setattr(rollup, "derive_marked", real_marked)
+
+
 def test_a_named_mark_derived_without_a_transaction_and_cut_short_in_the_platform_level(
     make_dbs: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -949,15 +964,7 @@ def test_a_named_mark_derived_without_a_transaction_and_cut_short_in_the_platfor
         [make_request(createdAt=datetime(2026, 9, 3, 15), id_organization=o) for o in ORGS[:2]]
     )
     monkeypatch.setattr(rollup, "LONG_IN", 1)
-    real_marked = rollup.derive_marked
-
-    def dies(*args: Any, **kwargs: Any) -> None:
-        raise Killed
-
-    monkeypatch.setattr(rollup, "derive_marked", dies)
-    with pytest.raises(Killed):
-        backfill(dbs, "2026-09-01", "2026-09-30", T0 + timedelta(hours=1))
-    monkeypatch.setattr(rollup, "derive_marked", real_marked)
+    backfill_dying_before_marked(dbs, monkeypatch, T0 + timedelta(hours=1))
     marks = list(dbs.level("usage_stale_months").find())
     # Their rows only grew: neither lost a day row.
     assert marks == [{"_id": "2026-09", "orgs": sorted(str(o) for o in ORGS[:2]), "lost": []}]
@@ -1039,15 +1046,7 @@ def test_an_agent_gone_from_a_month_leaves_no_row_by_month(
     if path != "together":
         monkeypatch.setattr(rollup, "LONG_IN", 1)
     if path.startswith("marked"):
-        real_marked = rollup.derive_marked
-
-        def dies(*args: Any, **kwargs: Any) -> None:
-            raise Killed
-
-        monkeypatch.setattr(rollup, "derive_marked", dies)
-        with pytest.raises(Killed):
-            backfill(dbs, "2026-09-01", "2026-09-30", T0 + timedelta(hours=1))
-        monkeypatch.setattr(rollup, "derive_marked", real_marked)
+        backfill_dying_before_marked(dbs, monkeypatch, T0 + timedelta(hours=1))
         stale = dbs.level("usage_stale_months")
         assert stale.find_one({"_id": "2026-09"}) == {
             "_id": "2026-09",
