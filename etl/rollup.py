@@ -449,9 +449,8 @@ def derive_in_ranges(
     """Derive a month marked stale, whole or for the organizations `named` (`lost`: see
     `derive_months`), in parts of at most `transaction_rows` day rows each (an organization
     is never split), one transaction each: its levels by month, and with `days` None its
-    levels by day too. A whole month is
-    derived in ranges of organization ids; named organizations together, or in halves of
-    them while they hold more day rows than that.
+    levels by day too. A whole month is derived in ranges of organization ids; named
+    organizations together, or in halves of them while they hold more day rows than that.
 
     The mark stays until the last part, so that readers read the month from its days until
     every part is written, and a run cut short leaves it for the next run. The lease is
