@@ -88,7 +88,7 @@ def databases(settings: Settings, serving: bool = False) -> Iterator[Databases]:
         fail(str(exc))
     except runs.LockBusy as exc:
         fail(str(exc), EXIT_BUSY)
-    except (DefinitionMismatch, runner.NothingToRebuild) as exc:
+    except (DefinitionMismatch, runner.NothingToRebuild, runner.NotBegun) as exc:
         fail(str(exc), EXIT_USAGE)
     except PyMongoError as exc:
         fail(plain_error(exc, settings.mongodb_uri))
@@ -170,14 +170,35 @@ def backfill(
     Example: usage backfill --start 2026-05-01 --end 2026-10-31
     """
     first, last = parse_range(start, end)
-    days = (last - first).days + 1
+    settings = settings_of(ctx)
     if dry_run:
-        batches = len(list(rollup.batches(rollup.day_range(first, last))))
-        out.print(f"would recompute {days} days ({first} to {last}) in {batches} batches")
+        today = rollup.local_today(utcnow(), settings)
+        try:
+            planned = runner.backfill_days(first, last, today, settings)
+        except runner.NotBegun as exc:
+            fail(str(exc), EXIT_USAGE)
+        batches = len(list(rollup.batches(planned)))
+        out.print(
+            f"would recompute {len(planned)} days ({first} to {planned[-1]}) in {batches} batches"
+        )
+        not_begun(last, today, settings)
         return
-    with databases(settings_of(ctx)) as dbs, progress_bar(days, "backfill") as advance:
-        result = runner.run_backfill(dbs, first, last, dbs.server_time(), dbs.server_time, advance)
+    with databases(settings) as dbs:
+        now = dbs.server_time()
+        days = runner.backfill_days(first, last, rollup.local_today(now, settings), settings)
+        with progress_bar(len(days), "backfill") as advance:
+            result = runner.run_backfill(dbs, first, last, now, dbs.server_time, advance)
     print_result(result, "backfill")
+    not_begun(last, date.fromisoformat(result.record["today"]), settings)
+
+
+def not_begun(last: date | None, today: date, settings: Settings) -> None:
+    """Say that the days of a range after today were left out: they have not begun."""
+    if last is not None and last > today:
+        err.print(
+            f"note: the days after {today} have not begun in {settings.timezone}: not built",
+            markup=False,
+        )
 
 
 @app.command()
@@ -210,6 +231,7 @@ def rebuild(
                 dbs, dbs.server_time(), dbs.server_time, first, last, advance
             )
     print_result(result, "rebuild")
+    not_begun(last, date.fromisoformat(result.record["today"]), settings)
     out.print(
         f"serving generation {result.record['switched_to']} "
         f"(was {result.record['switched_from']}) under {settings.timezone}",

@@ -19,6 +19,7 @@ from etl import metrics as run_metrics
 from etl.db import ROLLUP_COLLECTIONS, Databases, Doc, mask_uri, plain_error
 from etl.definition import Definition, DefinitionMismatch, of_settings
 from etl.rollup import Progress, Stats, Target, day_range, local_today
+from etl.settings import Settings
 
 log = logging.getLogger("usage.runs")
 
@@ -34,6 +35,10 @@ NO_TRANSACTIONS = (
 
 class NothingToRebuild(Exception):
     """A rebuild without a range on a rollup that has no computed day."""
+
+
+class NotBegun(Exception):
+    """A range of days that begins after today in the reporting timezone."""
 
 
 @dataclass(frozen=True)
@@ -329,6 +334,13 @@ def run_nightly(
     return execute(dbs, "nightly", now, clock, plan, progress)
 
 
+def backfill_days(first: date, last: date, today: date, settings: Settings) -> list[date]:
+    """first..last, but for the days after `today`: they have not begun."""
+    if first > today:
+        raise NotBegun(f"{first} has not begun in {settings.timezone} (today there is {today})")
+    return day_range(first, min(last, today))
+
+
 def run_backfill(
     dbs: Databases,
     first: date,
@@ -337,12 +349,14 @@ def run_backfill(
     clock: Callable[[], datetime],
     progress: Progress | None = None,
 ) -> RunResult:
-    """Recompute first..last inclusive, extending coverage to it."""
+    """Recompute first..last inclusive, extending coverage to it; days after today in the
+    reporting timezone have not begun and are not built (the nightly run computes them)."""
+    today = local_today(now, dbs.settings)
+    days = backfill_days(first, last, today, dbs.settings)
 
     def plan(ctx: RunContext) -> Work:
-        today = local_today(now, dbs.settings)
         return Work(
-            days=day_range(first, last),
+            days=days,
             target=served_target(ctx, "backfill"),
             complete_through=min(last, today - timedelta(days=1)),
             on_read=first_read_starts_scan(dbs, ctx.state),

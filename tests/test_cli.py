@@ -15,7 +15,7 @@ import pytest
 import typer
 from bson import ObjectId
 
-from etl import runs
+from etl import ledger, runs
 from etl.cli import app
 from etl.db import Databases, DatabaseUnavailable, DatabaseUnreachable
 from etl.jobs import utcnow
@@ -52,10 +52,12 @@ def test_days_at_the_calendar_ends_exit_2_without_recording_a_run(dbs: Databases
         result = usage("backfill", "--start", first, "--end", last, env=env)
         assert result.returncode == 2
         assert "outside the supported dates" in one_line(result.stderr)
+    result = usage("backfill", "--start", "9998-12-31", "--end", "9998-12-31", env=env)
+    assert result.returncode == 2
+    assert "9998-12-31 has not begun in Pacific/Kiritimati" in one_line(result.stderr)
     assert dbs.rollup.etl_runs.count_documents({}) == 0
-    for day in ["0002-01-01", "9998-12-31"]:
-        result = usage("backfill", "--start", day, "--end", day, env=env)
-        assert result.returncode == 0, result.stderr
+    result = usage("backfill", "--start", "0002-01-01", "--end", "0002-01-01", env=env)
+    assert result.returncode == 0, result.stderr
 
 
 def test_an_invalid_setting_is_named_at_start_up() -> None:
@@ -123,6 +125,32 @@ def test_backfill_dry_run_writes_nothing(dbs: Databases) -> None:
     assert result.returncode == 0
     assert "20 days" in result.stdout
     assert dbs.rollup.etl_runs.count_documents({}) == 0
+
+
+def test_a_range_past_today_is_built_through_today_saying_why_the_rest_is_not(
+    dbs: Databases,
+) -> None:
+    env = env_for(dbs)  # UTC
+    before = utcnow().date()
+    first, last = before - timedelta(days=2), before + timedelta(days=5)
+    result = usage("backfill", "--start", str(first), "--end", str(last), env=env)
+    today = utcnow().date()
+    assert result.returncode == 0, result.stderr
+    assert f"days after {today} have not begun in UTC: not built" in one_line(result.stderr)
+    built = [str(day) for day in ledger.covered_days(dbs, 1)]
+    assert built == [str(first + timedelta(days=n)) for n in range((today - first).days + 1)]
+    result = usage("rebuild", "--start", str(first), "--end", str(last), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "have not begun in UTC: not built" in one_line(result.stderr)
+    assert [str(day) for day in ledger.covered_days(dbs, 2)] == built
+    for dry in ([], ["--dry-run"]):
+        later = today + timedelta(days=1)
+        result = usage("backfill", "--start", str(later), "--end", str(last), *dry, env=env)
+        assert result.returncode == 2
+        assert f"{later} has not begun in UTC (today there is {today})" in one_line(result.stderr)
+    result = usage("backfill", "--start", str(first), "--end", str(last), "--dry-run", env=env)
+    assert f"would recompute {(today - first).days + 1} days" in result.stdout
+    assert "not built" in one_line(result.stderr)
 
 
 def test_indexes_are_reported_then_created(dbs: Databases) -> None:

@@ -17,6 +17,7 @@ from tests.commands import env_for, one_line, usage
 from tests.factories import BOT_1, ORG_A, make_request, staff_query
 
 T0 = datetime(2026, 10, 12, 2, 0)  # the first run of each sequence
+AFTER = datetime(2026, 11, 1, 2, 0)  # when October is over
 
 
 def month_query(dbs: Databases, scope: str, first: str, last: str) -> UsageQuery:
@@ -311,7 +312,7 @@ def test_agent_ids_are_one_agent_whatever_their_letter_case(dbs: Databases) -> N
             make_request(attributes={"bot_id": ObjectId(BOT_1)}),
         ]
     )
-    backfill(dbs, "2026-10-14", "2026-10-14")
+    backfill(dbs, "2026-10-14", "2026-10-14", AFTER)
     assert [(r["agent_id"], r["conversations"]) for r in dbs.usage_daily().find()] == [(BOT_1, 3)]
 
 
@@ -330,7 +331,7 @@ def test_depths_that_are_not_whole_numbers_are_skipped_as_bad_depth(
     dbs: Databases, depth: object, counted: tuple[int, int] | None
 ) -> None:
     dbs.source.requests.insert_one(make_request(depth=depth))
-    result = backfill(dbs, "2026-10-14", "2026-10-14")
+    result = backfill(dbs, "2026-10-14", "2026-10-14", AFTER)
     stored = [(r["conversations"], r["messages"]) for r in dbs.usage_daily().find()]
     if counted is None:
         assert stored == [] and dict(result.stats.skipped) == {"bad_depth": 1}
@@ -340,13 +341,13 @@ def test_depths_that_are_not_whole_numbers_are_skipped_as_bad_depth(
 
 def test_a_response_is_cached_under_what_was_served_when_it_was_computed(dbs: Databases) -> None:
     dbs.source.requests.insert_one(make_request())
-    backfill(dbs, "2026-10-01", "2026-10-31")
+    backfill(dbs, "2026-10-01", "2026-10-31", AFTER)
     service = UsageService(dbs, 0)
     query = month_query(dbs, "org", "2026-10-01", "2026-10-31")
     seen = service.served()
     # A run finishes between reading what is served and computing the response.
     dbs.source.requests.insert_one(make_request())
-    backfill(dbs, "2026-10-14", "2026-10-14", T0 + timedelta(hours=1))
+    backfill(dbs, "2026-10-14", "2026-10-14", AFTER + timedelta(hours=1))
     body = service.report_json(query, seen)
     key = ("k", b"q", date(2026, 11, 1))
     service.remember(key, seen, body)

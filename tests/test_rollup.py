@@ -99,7 +99,8 @@ def test_day_boundaries_follow_daylight_saving(
     dbs = make_dbs(timezone="America/New_York")
     dbs.source.requests.insert_one(make_request(createdAt=created_utc))
     day = date.fromisoformat(local_day)
-    runner.run_backfill(dbs, day - timedelta(days=1), day + timedelta(days=1), NOW, clock)
+    after = datetime.combine(day + timedelta(days=2), NOW.time())  # the range is over
+    runner.run_backfill(dbs, day - timedelta(days=1), day + timedelta(days=1), after, clock)
     assert [r["day"] for r in rows(dbs)] == [local_day]
 
 

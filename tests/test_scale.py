@@ -17,6 +17,7 @@ from etl.db import USAGE_PLATFORM, Databases, Doc, connect
 from tests.factories import BOT_1, BOT_2, make_request, set_platform_figure, staff_query
 
 T0 = datetime(2026, 10, 12, 2, 0)
+AFTER = datetime(2026, 11, 1, 2, 0)  # the day after the last of three months of data
 ORGS = [ObjectId(f"65e18830a0616000137bb9{n:02x}") for n in range(4)]
 
 
@@ -216,7 +217,7 @@ def platform_dbs(make_dbs: Any) -> Databases:
     dbs.source.organizations.insert_many(
         [{"_id": org, "name": name} for org, name in zip(MANY[1:], names, strict=False)]
     )
-    backfill(dbs, "2026-07-01", "2026-10-31", T0)
+    backfill(dbs, "2026-07-01", "2026-10-31", AFTER)
     return dbs
 
 
@@ -487,7 +488,7 @@ def test_an_unreadable_platform_document_fails_the_api_and_verify_repairs_it(
     # Repair writes the month again, in ranges of organizations: the document is replaced.
     stored.update_many({"key": {"$regex": "^2026-09-1"}}, {"$set": {"orgs": Binary(b"e" * 30)}})
     first, last = date(2026, 8, 1), date(2026, 10, 31)
-    runner.verify_range(dbs, first, last, T0, lambda: T0, repair=True)
+    runner.verify_range(dbs, first, last, AFTER, lambda: AFTER, repair=True)
     assert verify.find_month_drift(dbs, first, last) == []
     assert all(doc[platform.PACKED] == 1 for doc in stored.find({"key": {"$regex": "^2026-09"}}))
     counted = sum(1 for doc in dbs.source.requests.find() if doc["id_organization"] != MANY[0])

@@ -415,7 +415,8 @@ def test_drill_hostile_source_documents_never_crash_and_are_counted_by_reason(
             cell[0] += 1
             cell[1] += depth
             cell[2] += handoff
-    result = runner.run_backfill(dbs, date(2026, 10, 10), date(2026, 10, 20), DAY, lambda: DAY)
+    after = datetime(2026, 10, 21, 2, 0)  # the range is over
+    result = runner.run_backfill(dbs, date(2026, 10, 10), date(2026, 10, 20), after, lambda: after)
     assert dict(result.stats.skipped) == dict(skipped)
     assert len(skipped) >= 4  # the generator reached every reason
     got = {
