@@ -43,7 +43,7 @@ from api.usage import (
     read_served,
     resolve_query,
 )
-from etl import freshness, platform, rollup, runs
+from etl import freshness, platform, rollup, runs, sketches
 from etl.db import Databases, DatabaseUnavailable, DatabaseUnreachable, plain_error
 from etl.jobs import utcnow
 from etl.settings import Settings
@@ -474,12 +474,14 @@ def create_app(dbs: Databases, clock: Callable[[], datetime] = utcnow) -> FastAP
             {"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
         )
 
-    @app.exception_handler(platform.UnreadableDocument)
-    def unreadable(request: Request, exc: platform.UnreadableDocument) -> JSONResponse:
+    def unreadable(request: Request, exc: Exception) -> JSONResponse:
         # Which document and what to run are the operator's business, not a caller's.
         log.error("unreadable rollup", extra={"path": request.url.path, "error": str(exc)})
         detail = "the rollup holds a document this version cannot read; its operator is told why"
         return JSONResponse({"detail": detail}, status_code=500)
+
+    app.add_exception_handler(platform.UnreadableDocument, unreadable)
+    app.add_exception_handler(sketches.UnreadableSketch, unreadable)
 
     @app.exception_handler(DatabaseUnavailable)
     def database_unreachable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 from rich.text import Text
 
-from etl import dates, freshness, ledger, logs, platform, rollup, runner, runs
+from etl import dates, freshness, ledger, logs, platform, rollup, runner, runs, sketches
 from etl.db import (
     Databases,
     DatabaseUnavailable,
@@ -94,6 +94,8 @@ def databases(settings: Settings, serving: bool = False) -> Iterator[Databases]:
         fail(plain_error(exc, settings.mongodb_uri))
     except (rollup.TransactionTooLong, platform.UnreadableDocument) as exc:
         fail(" ".join(str(exc).split()))
+    except sketches.UnreadableSketch as exc:
+        fail(str(exc))
 
 
 def parse_day(value: str, option: str) -> date:

@@ -74,7 +74,11 @@ def summarize(rows: Iterable[Doc], level: Level) -> list[Doc]:
             unions[key] = sketches.Union()
         for name in MEASURES:
             into[name] += row[name]
-        unions[key].add(row.get(USERS_HLL))
+        try:
+            unions[key].add(row.get(USERS_HLL))
+        except sketches.UnreadableSketch:
+            blob = row[USERS_HLL]
+            raise sketches.UnreadableSketch(blob, f"the users sketch of {row['_id']}") from None
     for key, into in sums.items():
         users = unions[key]
         into[USERS] = users.estimate().value if not users.empty else 0

@@ -13,6 +13,7 @@ would halve the largest row and widen the intervals by 40 %; 13 would double bot
 row and the cost of a union to narrow them by 30 %. Adoption trends read at a couple of percent.
 """
 
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,75 @@ LG_K = 12
 STORED_TYPE = datasketches.tgt_hll_type.HLL_4
 # Standard deviations for the bounds: two gives the 95 % interval (95.4 %).
 BOUND_STD_DEVS = 2
+
+# The compact serialization (DataSketches' HLL format): an 8-byte preamble (preamble ints,
+# serial version 1, family 7, lg k, lg of the array, flags, list count, mode), then the
+# coupons of a list (mode 0) or a set (mode 1, its count at byte 8), or HLL_4 registers
+# (mode 2): two to a byte from byte 40, a token 15 sending a register to the exception table
+# after them, whose count is at byte 36.
+_PREAMBLE = struct.Struct("<8B")
+_INT = struct.Struct("<i")
+_COMPACT = 8
+_REGISTER_BYTES = 2 ** (LG_K - 1)
+# How many of a byte's two registers hold the token 15.
+_TOKENS = bytes((n >> 4 == 15) + (n & 15 == 15) for n in range(256))
+
+
+class UnreadableSketch(ValueError):
+    """Bytes stored as a users sketch that are not a sketch this version writes."""
+
+    def __init__(self, blob: bytes, of: str = "a users sketch") -> None:
+        super().__init__(
+            f"{of} ({len(blob)} bytes) is damaged or was not written by this version; "
+            "`usage verify --repair` over its days writes it again"
+        )
+
+
+# What the library raises for bytes it can tell are not a sketch.
+_REFUSED = (ValueError, RuntimeError, IndexError)
+
+
+def well_formed(blob: bytes) -> bool:
+    """Whether `blob` is laid out as the compact HLL_4 sketch of LG_K that this module
+    writes. The library trusts what it reads: damaged registers can crash the process (a
+    token without its exception does), so `read` checks a sketch in that mode first; damaged
+    lists and sets it refuses itself."""
+    if len(blob) < 8:
+        return False
+    ints, version, family, lg_k, _, flags, count, mode = _PREAMBLE.unpack_from(blob)
+    if (version, family, lg_k) != (1, 7, LG_K) or not flags & _COMPACT:
+        return False
+    if mode == 0:
+        return bool(ints == 2 and len(blob) == 8 + 4 * count)
+    if mode == 1:
+        return ints == 3 and len(blob) >= 12 and len(blob) == 12 + 4 * _int_at(blob, 8)
+    if mode != 2 or ints != 10 or len(blob) < 40:
+        return False
+    exceptions = _int_at(blob, 36)
+    if len(blob) != 40 + _REGISTER_BYTES + 4 * exceptions:
+        return False
+    tokens = blob[40 : 40 + _REGISTER_BYTES].translate(_TOKENS)
+    return tokens.count(1) + 2 * tokens.count(2) == exceptions
+
+
+def _int_at(blob: bytes, offset: int) -> int:
+    value: int = _INT.unpack_from(blob, offset)[0]
+    return value
+
+
+def _registers(blob: bytes) -> bool:
+    """Whether the library would read `blob` as registers (mode 2 in its low bits)."""
+    return len(blob) < 8 or blob[7] & 3 == 2
+
+
+def read(blob: bytes) -> datasketches.hll_sketch:
+    """The sketch stored as `blob`; UnreadableSketch if it is not one."""
+    if _registers(blob) and not well_formed(blob):
+        raise UnreadableSketch(blob)
+    try:
+        return datasketches.hll_sketch.deserialize(blob)
+    except _REFUSED:
+        raise UnreadableSketch(blob) from None
 
 
 def of_ids(ids: Iterable[str]) -> bytes:
@@ -53,7 +123,11 @@ class Union:
 
     def add(self, blob: bytes | None) -> None:
         if blob:
-            self._union.update(datasketches.hll_sketch.deserialize(bytes(blob)))
+            sketch = read(bytes(blob))
+            try:
+                self._union.update(sketch)
+            except _REFUSED:
+                raise UnreadableSketch(bytes(blob)) from None
             self.empty = False
 
     def merge(self, other: "Union") -> None:
@@ -81,15 +155,24 @@ def union_and_part(runs: Iterable[tuple[Sequence[bytes | None], bool]]) -> tuple
     every, part = Union(), Union()
     deserialize = datasketches.hll_sketch.deserialize
     into_every, into_part = every._union.update, part._union.update
-    for blobs, flagged in runs:
-        for blob in blobs:
-            if blob:
-                sketch = deserialize(blob)
-                into_every(sketch)
-                every.empty = False
-                if flagged:
-                    into_part(sketch)
-                    part.empty = False
+    blob: bytes | None = b""
+    try:
+        for blobs, flagged in runs:
+            for blob in blobs:
+                if blob:
+                    # `read`, inline: this loop unites the platform's every sketch.
+                    if (len(blob) < 8 or blob[7] & 3 == 2) and not well_formed(blob):
+                        raise UnreadableSketch(blob)
+                    sketch = deserialize(blob)
+                    into_every(sketch)
+                    every.empty = False
+                    if flagged:
+                        into_part(sketch)
+                        part.empty = False
+    except _REFUSED as exc:
+        if isinstance(exc, UnreadableSketch):
+            raise
+        raise UnreadableSketch(bytes(blob or b"")) from None
     return every, part
 
 

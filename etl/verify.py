@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from datetime import date
 
-from etl import lattice, ledger, platform, rollup
+from etl import lattice, ledger, platform, rollup, sketches
 from etl.db import USAGE_PLATFORM, Databases, Doc
 
 # What verify compares: the additive measures and the distinct users.
@@ -148,17 +148,26 @@ def find_month_drift(
             drifted.append(month)
             continue
         rows = list(daily.find(rollup.month_filter(month)))
-        if with_platform and platform_drifted(dbs, generation, month, rows):
-            drifted.append(month)
-            continue
-        for level in lattice.LEVELS:
-            expected = {row["_id"]: row for row in lattice.summarize(rows, level)}
-            found = dbs.level(level.collection, generation).find(level.of_month(month))
-            stored = {row["_id"]: row for row in found}
-            if any(
-                not same(expected.get(key), stored.get(key))
-                for key in expected.keys() | stored.keys()
-            ):
+        try:
+            if levels_drifted(dbs, generation, month, rows, with_platform):
                 drifted.append(month)
-                break
+        except sketches.UnreadableSketch:
+            drifted.append(month)  # a day row's sketch: its day differs from the source too
     return drifted
+
+
+def levels_drifted(
+    dbs: Databases, generation: int, month: str, rows: list[Doc], with_platform: bool
+) -> bool:
+    """Whether a level of `month` differs from what its day rows, `rows`, derive."""
+    if with_platform and platform_drifted(dbs, generation, month, rows):
+        return True
+    for level in lattice.LEVELS:
+        expected = {row["_id"]: row for row in lattice.summarize(rows, level)}
+        found = dbs.level(level.collection, generation).find(level.of_month(month))
+        stored = {row["_id"]: row for row in found}
+        if any(
+            not same(expected.get(key), stored.get(key)) for key in expected.keys() | stored.keys()
+        ):
+            return True
+    return False

@@ -4,12 +4,17 @@ Expected figures are counted here from the documents inserted, with plain Python
 by the code under test.
 """
 
+import ast
 import random
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
+import datasketches
 import pytest
 from bson import ObjectId
 
@@ -432,3 +437,103 @@ def test_the_vanilla_sample_reuses_leads_within_a_project() -> None:
     assert len(days) < 0.5 * len(requests)
     assert sum(len(seen) > 1 for seen in days.values()) > 0.2 * len(days)
     assert sum("lead" not in request for request in requests) > 0
+
+
+def hll_with_exceptions() -> bytes:
+    """A sketch in register mode with entries in its exception table (as millions of users
+    give): every part of the stored layout present."""
+    sketch = datasketches.hll_sketch(sketches.LG_K, sketches.STORED_TYPE)
+    for n in range(20_000):
+        sketch.update(n)
+    blob = bytes(sketch.serialize_compact())
+    assert blob[7] & 3 == 2 and int.from_bytes(blob[36:40], "little") > 0
+    return blob
+
+
+def test_every_sketch_this_version_writes_is_well_formed_and_damage_is_refused() -> None:
+    written = [sketches.of_ids(f"u{n}" for n in range(k)) for k in (1, 7, 300, 5000)]
+    written.append(sketches.union(written).sketch())
+    written.append(hll_with_exceptions())
+    for blob in written:
+        assert sketches.well_formed(blob)
+        assert sketches.read(blob).get_estimate() > 0
+    registers = hll_with_exceptions()
+    token_without_exception = registers[:40] + b"\xff" + registers[41:]
+    for damaged in [b"garbage!", registers[:-4], token_without_exception, b"\x02\x01\x07"]:
+        assert not sketches.well_formed(damaged)
+        with pytest.raises(sketches.UnreadableSketch, match=r"damaged .* verify --repair"):
+            sketches.read(damaged)
+        with pytest.raises(sketches.UnreadableSketch):
+            sketches.union_and_part([([written[0], damaged], True)])
+
+
+DAMAGE = """
+import random, sys
+from etl import sketches
+from tests.test_users import hll_with_exceptions
+rng = random.Random(int(sys.argv[1]))
+written = [sketches.of_ids(f"u{n}" for n in range(k)) for k in (1, 7, 300, 5000)]
+written.append(hll_with_exceptions())
+outcomes = {"read": 0, "refused": 0}
+for _ in range(3000):
+    blob = bytearray(rng.choice(written))
+    if rng.random() < 0.3:
+        del blob[rng.randrange(1, len(blob)):]
+    for _ in range(rng.randint(1, 6)):
+        blob[rng.randrange(len(blob))] = rng.randrange(256)
+    try:
+        sketches.union([written[-1], bytes(blob)]).estimate()
+        outcomes["read"] += 1
+    except sketches.UnreadableSketch:
+        outcomes["refused"] += 1
+print(outcomes)
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_damaged_sketches_are_refused_or_read_never_crash_the_process(seed: int) -> None:
+    """The library reads what it is given: before the checks, some of these bytes ended the
+    process with a segmentation fault."""
+    done = subprocess.run(
+        [sys.executable, "-c", DAMAGE, str(seed)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcomes = ast.literal_eval(done.stdout.strip())
+    assert outcomes["read"] > 0 and outcomes["refused"] > 0
+
+
+def test_a_damaged_day_sketch_fails_views_on_it_by_name_and_repair_mends_it(
+    dbs: Databases,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.auth import create_key
+
+    # Two days: the range's users are the union of the two rows' sketches.
+    visits = [("ann", 13, 9), ("bob", 14, 9), ("ann", 14, 10)]
+    dbs.source.requests.insert_many(
+        [make_request(lead=lead, createdAt=datetime(2026, 10, d, h)) for lead, d, h in visits]
+    )
+    backfill(dbs)
+    dbs.usage_daily().update_one({"day": "2026-10-14"}, {"$set": {"users_hll": b"garbage!"}})
+    first, last = date(2026, 10, 12), date(2026, 10, 16)
+    (drift,) = verify.find_drift(dbs, first, last)
+    assert drift.sketch_differs
+    assert verify.find_month_drift(dbs, first, last) == ["2026-10"]
+    secret = create_key(dbs.rollup, "s", None, NOW)[1]
+    path = f"/api/aggregations/usage?start=2026-10-12&end=2026-10-16&scope=org&org_id={ORG_A}"
+    with TestClient(create_app(dbs), raise_server_exceptions=False) as client:
+        answer = client.get(path, headers={"Authorization": f"Bearer {secret}"})
+        assert answer.status_code == 500
+        assert "cannot read" in answer.json()["detail"]
+        runner.verify_range(dbs, first, last, NOW, lambda: NOW, repair=True)
+        assert verify.find_drift(dbs, first, last) == []
+        assert verify.find_month_drift(dbs, first, last) == []
+        answer = client.get(path, headers={"Authorization": f"Bearer {secret}"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["total"]["totals"]["users"] == 2
