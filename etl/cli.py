@@ -227,11 +227,11 @@ def rebuild(
     with databases(settings) as dbs:
         state = ledger.read_state(dbs.rollup)
         generation = state.generation if state else 1
-        days = len(runner.rebuild_days(dbs, generation, first, last))
-        with progress_bar(days, "rebuild") as advance:
-            result = runner.run_rebuild(
-                dbs, dbs.server_time(), dbs.server_time, first, last, advance
-            )
+        now = dbs.server_time()
+        today = rollup.local_today(now, settings)
+        days = [d for d in runner.rebuild_days(dbs, generation, first, last) if d <= today]
+        with progress_bar(len(days), "rebuild") as advance:
+            result = runner.run_rebuild(dbs, now, dbs.server_time, first, last, advance)
     print_result(result, "rebuild")
     not_begun(last, date.fromisoformat(result.record["today"]), settings)
     out.print(

@@ -464,6 +464,8 @@ def run_rebuild(
         # a day that has not begun is not built (the nightly run computes it when it has).
         today = local_today(now, dbs.settings)
         wanted_days = [d for d in rebuild_days(dbs, state.generation, first, last) if d <= today]
+        if not wanted_days and first is not None and last is not None:
+            backfill_days(first, last, today, dbs.settings)  # refuses a range not begun
         if not wanted_days:
             raise NothingToRebuild(
                 "no day has been computed yet: give --start and --end, or run `usage backfill`"
@@ -559,5 +561,5 @@ def _verify_range(
     result = Verification(drift, months, verify.uncovered_days(dbs, first, last, generation))
     result.stale = [month for month in rollup.stale_months(dbs, generation) if month in months]
     if repair and (drift or months):
-        result.repair = run_repair(dbs, verify.drifted_days(drift), now, clock, months)
+        result.repair = run_repair(dbs, verify.repair_days(drift), now, clock, months)
     return result

@@ -19,6 +19,8 @@ class Drift:
     stored: dict[str, int]
     # The measures agree, but the stored sketch is not the one of the users counted.
     sketch_differs: bool = False
+    # The stored sketch cannot be read at all (see `sketches.read`).
+    unreadable: bool = False
 
     def describe(self) -> str:
         def fmt(values: dict[str, int]) -> str:
@@ -27,6 +29,8 @@ class Drift:
             return " ".join(f"{name}={values[name]}" for name in COMPARED)
 
         sketch = "; the users' sketch differs" if self.sketch_differs else ""
+        if self.unreadable:
+            sketch = "; the users' sketch is damaged"
         return (
             f"{self.day} org {self.org_id} agent {self.agent_id}: "
             f"source {fmt(self.expected)}, rollup {fmt(self.stored)}{sketch}"
@@ -47,6 +51,16 @@ def sketch_of(row: Doc | None) -> bytes:
 
 def same(expected: Doc | None, stored: Doc | None) -> bool:
     return measures(expected) == measures(stored) and sketch_of(expected) == sketch_of(stored)
+
+
+def readable(row: Doc | None) -> bool:
+    blob = sketch_of(row)
+    try:
+        if blob:
+            sketches.read(blob)
+    except sketches.UnreadableSketch:
+        return False
+    return True
 
 
 def served_generation(dbs: Databases) -> int:
@@ -118,14 +132,26 @@ def find_drift(
             if not same(expected.get(key), stored.get(key)):
                 want, have = measures(expected.get(key)), measures(stored.get(key))
                 row = expected.get(key) or stored[key]
-                drift.append(
-                    Drift(row["day"], row["org_id"], row["agent_id"], want, have, want == have)
-                )
+                damaged = not readable(stored.get(key))
+                where = (row["day"], row["org_id"], row["agent_id"])
+                drift.append(Drift(*where, want, have, want == have, damaged))
     return drift
 
 
 def drifted_days(drift: list[Drift]) -> list[date]:
     return sorted({date.fromisoformat(item.day) for item in drift})
+
+
+def repair_days(drift: list[Drift]) -> list[date]:
+    """The days a repair recomputes: the drifted days and, in a month where a day row's
+    sketch is damaged, every day from its first drifted day to its last. Writing days
+    derives their month from all its day rows, so no damaged one may be left for a later
+    batch: a month's run of days is one batch (`rollup.batches`)."""
+    days = set(drifted_days(drift))
+    for month in {item.day[:7] for item in drift if item.unreadable}:
+        of_month = sorted(day for day in days if day.isoformat()[:7] == month)
+        days.update(rollup.day_range(of_month[0], of_month[-1]))
+    return sorted(days)
 
 
 def months_of(first: date, last: date) -> list[str]:

@@ -104,6 +104,17 @@ def test_day_boundaries_follow_daylight_saving(
     assert [r["day"] for r in rows(dbs)] == [local_day]
 
 
+def test_the_last_supported_day_is_built_once_it_has_begun(
+    make_dbs: Callable[..., Databases],
+) -> None:
+    dbs = make_dbs(timezone="Pacific/Kiritimati")
+    dbs.source.requests.insert_one(make_request(createdAt=datetime(9998, 12, 31, 0)))
+    day = date(9998, 12, 31)  # 14:00 there
+    noon = datetime(9998, 12, 31, 12)
+    runner.run_backfill(dbs, day, day, noon, lambda: noon)
+    assert [(r["day"], r["conversations"]) for r in rows(dbs)] == [("9998-12-31", 1)]
+
+
 def test_rerunning_a_range_gives_identical_rows(dbs: Databases) -> None:
     dbs.source.requests.insert_many(
         [make_request(createdAt=datetime(2026, 10, d, h)) for d in (12, 13, 14) for h in (1, 9)]

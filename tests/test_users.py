@@ -537,3 +537,25 @@ def test_a_damaged_day_sketch_fails_views_on_it_by_name_and_repair_mends_it(
         answer = client.get(path, headers={"Authorization": f"Bearer {secret}"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["total"]["totals"]["users"] == 2
+
+
+def test_damaged_sketches_on_days_apart_in_one_month_are_repaired_in_one_run(
+    dbs: Databases,
+) -> None:
+    dbs.source.requests.insert_many(
+        [make_request(lead=f"p{d}", createdAt=datetime(2026, 10, d, 9)) for d in (12, 14, 16)]
+    )
+    backfill(dbs)
+    for day in ("2026-10-12", "2026-10-16"):
+        dbs.usage_daily().update_one({"day": day}, {"$set": {"users_hll": b"garbage!"}})
+    first, last = date(2026, 10, 12), date(2026, 10, 16)
+    drift = verify.find_drift(dbs, first, last)
+    assert sorted(item.day for item in drift if item.unreadable) == ["2026-10-12", "2026-10-16"]
+    assert "sketch is damaged" in drift[0].describe()
+    found = runner.verify_range(dbs, first, last, NOW, lambda: NOW, repair=True)
+    assert found.repair is not None
+    assert found.repair.days == rollup.day_range(first, last)
+    assert verify.find_drift(dbs, first, last) == []
+    assert verify.find_month_drift(dbs, first, last) == []
+    (month,) = dbs.level("usage_org_monthly").find()
+    assert month["users"] == 3
