@@ -399,6 +399,10 @@ def verify_command(
         else:
             why = "a level differs from what its day rows derive"
         out.print(f"{month}: {why}", markup=False)
+    drifted = {item.day for item in found.drift}
+    for day in found.damaged:
+        if day.isoformat() not in drifted:
+            out.print(f"{day}: a day row's users sketch is damaged", markup=False)
     if found.uncovered:
         out.print(
             f"{len(found.uncovered)} days never computed, not compared "

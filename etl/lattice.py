@@ -77,8 +77,8 @@ def summarize(rows: Iterable[Doc], level: Level) -> list[Doc]:
         try:
             unions[key].add(row.get(USERS_HLL))
         except sketches.UnreadableSketch:
-            blob = row[USERS_HLL]
-            raise sketches.UnreadableSketch(blob, f"the users sketch of {row['_id']}") from None
+            blob, of = row[USERS_HLL], f"the users sketch of {row['_id']}"
+            raise sketches.UnreadableSketch(blob, of, row.get("day")) from None
     for key, into in sums.items():
         users = unions[key]
         into[USERS] = users.estimate().value if not users.empty else 0

@@ -441,6 +441,8 @@ def run_rebuild(
 
     Run again after an interruption, it goes on with the days not yet built.
     """
+    if first is not None and last is not None:
+        backfill_days(first, last, local_today(now, dbs.settings), dbs.settings)  # begun?
 
     def plan(ctx: RunContext) -> Work:
         state = ctx.state
@@ -464,8 +466,6 @@ def run_rebuild(
         # a day that has not begun is not built (the nightly run computes it when it has).
         today = local_today(now, dbs.settings)
         wanted_days = [d for d in rebuild_days(dbs, state.generation, first, last) if d <= today]
-        if not wanted_days and first is not None and last is not None:
-            backfill_days(first, last, today, dbs.settings)  # refuses a range not begun
         if not wanted_days:
             raise NothingToRebuild(
                 "no day has been computed yet: give --start and --end, or run `usage backfill`"
@@ -515,6 +515,8 @@ class Verification:
     repair: RunResult | None = None
     # Of `months`, those a run replacing them in parts left with lagging levels by month.
     stale: list[str] = field(default_factory=list)
+    # Days of `months`, in the range or not, with a day row whose sketch cannot be read.
+    damaged: list[date] = field(default_factory=list)
 
 
 def verify_range(
@@ -558,8 +560,12 @@ def _verify_range(
     generation = state.generation if state else 1
     drift = verify.find_drift(dbs, first, last, generation)
     months = verify.find_month_drift(dbs, first, last, generation)
-    result = Verification(drift, months, verify.uncovered_days(dbs, first, last, generation))
+    # Days that have not begun are not computed yet, nor to be backfilled.
+    begun = min(last, local_today(now, dbs.settings))
+    result = Verification(drift, months, verify.uncovered_days(dbs, first, begun, generation))
     result.stale = [month for month in rollup.stale_months(dbs, generation) if month in months]
+    result.damaged = verify.damaged_days(dbs, generation, months)
     if repair and (drift or months):
-        result.repair = run_repair(dbs, verify.repair_days(drift), now, clock, months)
+        days = verify.repair_days(drift, result.damaged)
+        result.repair = run_repair(dbs, days, now, clock, months)
     return result

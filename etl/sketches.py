@@ -31,7 +31,11 @@ BOUND_STD_DEVS = 2
 # after them, whose count is at byte 36.
 _PREAMBLE = struct.Struct("<8B")
 _INT = struct.Struct("<i")
+_ESTIMATES = struct.Struct("<3d")  # HLL mode, from byte 8: the estimate and its two sums
 _COMPACT = 8
+_FLAGS = 4 | 8 | 16 | 32  # empty, compact, out of order, full size
+# How every list this module writes begins: a few users' sketch, the most common by far.
+_LIST_HEAD = bytes([2, 1, 7, LG_K, 3, _COMPACT])
 _REGISTER_BYTES = 2 ** (LG_K - 1)
 # How many of a byte's two registers hold the token 15.
 _TOKENS = bytes((n >> 4 == 15) + (n & 15 == 15) for n in range(256))
@@ -40,10 +44,11 @@ _TOKENS = bytes((n >> 4 == 15) + (n & 15 == 15) for n in range(256))
 class UnreadableSketch(ValueError):
     """Bytes stored as a users sketch that are not a sketch this version writes."""
 
-    def __init__(self, blob: bytes, of: str = "a users sketch") -> None:
+    def __init__(self, blob: bytes, of: str = "a users sketch", day: str | None = None) -> None:
+        over = f"--start {day} --end {day}" if day else "over its days"
         super().__init__(
             f"{of} ({len(blob)} bytes) is damaged or was not written by this version; "
-            "`usage verify --repair` over its days writes it again"
+            f"`usage verify --repair {over}` writes it again"
         )
 
 
@@ -53,20 +58,26 @@ _REFUSED = (ValueError, RuntimeError, IndexError)
 
 def well_formed(blob: bytes) -> bool:
     """Whether `blob` is laid out as the compact HLL_4 sketch of LG_K that this module
-    writes. The library trusts what it reads: damaged registers can crash the process (a
-    token without its exception does), so `read` checks a sketch in that mode first; damaged
-    lists and sets it refuses itself."""
+    writes. The library trusts what it reads: damaged bytes can crash the process (a list
+    claiming more than its 7 entries, a register token without its exception) or give it a
+    figure that is no number, so `read` checks every sketch first."""
     if len(blob) < 8:
         return False
-    ints, version, family, lg_k, _, flags, count, mode = _PREAMBLE.unpack_from(blob)
-    if (version, family, lg_k) != (1, 7, LG_K) or not flags & _COMPACT:
+    ints, version, family, lg_k, lg_arr, flags, count, mode = _PREAMBLE.unpack_from(blob)
+    if (version, family, lg_k) != (1, 7, LG_K) or flags & ~_FLAGS or not flags & _COMPACT:
         return False
-    if mode == 0:
-        return bool(ints == 2 and len(blob) == 8 + 4 * count)
-    if mode == 1:
-        return ints == 3 and len(blob) >= 12 and len(blob) == 12 + 4 * _int_at(blob, 8)
-    if mode != 2 or ints != 10 or len(blob) < 40:
+    if mode == 0:  # a list of at most 7 coupons
+        return bool(ints == 2 and count <= 7 and len(blob) == 8 + 4 * count)
+    if mode == 1:  # a set, at most three quarters full, promoted to registers past 384
+        if ints != 3 or len(blob) < 12 or not 5 <= lg_arr <= LG_K - 3:
+            return False
+        entries = _int_at(blob, 8)
+        return 0 <= entries <= 3 * 2**lg_arr // 4 and len(blob) == 12 + 4 * entries
+    if mode != 2 or ints != 10 or len(blob) < 40 or count > 63:  # count: the registers' floor
         return False
+    estimate, *sums = _ESTIMATES.unpack_from(blob, 8)
+    if not (0 <= estimate < 2.0**64 and all(0 <= part <= 2**LG_K for part in sums)):
+        return False  # NaN fails every comparison
     exceptions = _int_at(blob, 36)
     if len(blob) != 40 + _REGISTER_BYTES + 4 * exceptions:
         return False
@@ -79,14 +90,9 @@ def _int_at(blob: bytes, offset: int) -> int:
     return value
 
 
-def _registers(blob: bytes) -> bool:
-    """Whether the library would read `blob` as registers (mode 2 in its low bits)."""
-    return len(blob) < 8 or blob[7] & 3 == 2
-
-
 def read(blob: bytes) -> datasketches.hll_sketch:
     """The sketch stored as `blob`; UnreadableSketch if it is not one."""
-    if _registers(blob) and not well_formed(blob):
+    if not well_formed(blob):
         raise UnreadableSketch(blob)
     try:
         return datasketches.hll_sketch.deserialize(blob)
@@ -160,8 +166,10 @@ def union_and_part(runs: Iterable[tuple[Sequence[bytes | None], bool]]) -> tuple
         for blobs, flagged in runs:
             for blob in blobs:
                 if blob:
-                    # `read`, inline: this loop unites the platform's every sketch.
-                    if (len(blob) < 8 or blob[7] & 3 == 2) and not well_formed(blob):
+                    # `read`, inline: this loop unites the platform's every sketch, and
+                    # most are short lists, checked here without a call.
+                    listed = blob.startswith(_LIST_HEAD) and blob[7] == 0 and blob[6] <= 7
+                    if not (listed and len(blob) == 8 + 4 * blob[6]) and not well_formed(blob):
                         raise UnreadableSketch(blob)
                     sketch = deserialize(blob)
                     into_every(sketch)

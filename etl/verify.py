@@ -142,13 +142,23 @@ def drifted_days(drift: list[Drift]) -> list[date]:
     return sorted({date.fromisoformat(item.day) for item in drift})
 
 
-def repair_days(drift: list[Drift]) -> list[date]:
-    """The days a repair recomputes: the drifted days and, in a month where a day row's
-    sketch is damaged, every day from its first drifted day to its last. Writing days
+def damaged_days(dbs: Databases, generation: int, months: list[str]) -> list[date]:
+    """The days of `months` with a day row whose sketch cannot be read, in or out of the
+    range verified: its month cannot be derived until they are recomputed."""
+    daily = dbs.usage_daily(generation)
+    fields = {"day": 1, lattice.USERS_HLL: 1}
+    found = (row for month in months for row in daily.find(rollup.month_filter(month), fields))
+    return sorted({date.fromisoformat(row["day"]) for row in found if not readable(row)})
+
+
+def repair_days(drift: list[Drift], damaged: list[date]) -> list[date]:
+    """The days a repair recomputes: the drifted days, the `damaged` ones and, in a month
+    with a damaged day row, every day from its first such day to its last. Writing days
     derives their month from all its day rows, so no damaged one may be left for a later
     batch: a month's run of days is one batch (`rollup.batches`)."""
-    days = set(drifted_days(drift))
-    for month in {item.day[:7] for item in drift if item.unreadable}:
+    days = set(drifted_days(drift)) | set(damaged)
+    months = {item.day[:7] for item in drift if item.unreadable}
+    for month in months | {day.isoformat()[:7] for day in damaged}:
         of_month = sorted(day for day in days if day.isoformat()[:7] == month)
         days.update(rollup.day_range(of_month[0], of_month[-1]))
     return sorted(days)

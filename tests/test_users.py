@@ -7,6 +7,7 @@ by the code under test.
 import ast
 import random
 import re
+import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -459,7 +460,19 @@ def test_every_sketch_this_version_writes_is_well_formed_and_damage_is_refused()
         assert sketches.read(blob).get_estimate() > 0
     registers = hll_with_exceptions()
     token_without_exception = registers[:40] + b"\xff" + registers[41:]
-    for damaged in [b"garbage!", registers[:-4], token_without_exception, b"\x02\x01\x07"]:
+    no_number = registers[:8] + struct.pack("<d", float("nan")) + registers[16:]
+    coupons = b"".join(struct.pack("<I", (5 << 26) | n) for n in range(1, 65))
+    long_list = bytes([2, 1, 7, sketches.LG_K, 3, 8, 64, 0]) + coupons  # room for 7
+    loose_set = bytes([3, 1, 7, sketches.LG_K, 5, 0, 0, 1]) + struct.pack("<i", 32) + coupons[:128]
+    for damaged in [
+        b"garbage!",
+        registers[:-4],
+        token_without_exception,
+        no_number,
+        long_list,
+        loose_set,
+        b"\x02\x01\x07",
+    ]:
         assert not sketches.well_formed(damaged)
         with pytest.raises(sketches.UnreadableSketch, match=r"damaged .* verify --repair"):
             sketches.read(damaged)
@@ -559,3 +572,10 @@ def test_damaged_sketches_on_days_apart_in_one_month_are_repaired_in_one_run(
     assert verify.find_month_drift(dbs, first, last) == []
     (month,) = dbs.level("usage_org_monthly").find()
     assert month["users"] == 3
+    # Damaged outside the range verified: found through its month, and repaired all the same.
+    dbs.usage_daily().update_one({"day": "2026-10-12"}, {"$set": {"users_hll": b"garbage!"}})
+    later = date(2026, 10, 16)
+    found = runner.verify_range(dbs, later, later, NOW, lambda: NOW, repair=True)
+    assert (found.drift, found.months, found.damaged) == ([], ["2026-10"], [first])
+    assert verify.find_drift(dbs, first, last) == []
+    assert verify.find_month_drift(dbs, first, last) == []
