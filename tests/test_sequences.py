@@ -280,14 +280,17 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("seed", "transactions", "rows", "long_in", "marked"),
-    [(n + 1, *config) for n, config in enumerate(CONFIGS)],
-)
+# Each setting played once with every run finishing, and with six seeds where runs die.
+GAMES = [(n + 1, False, *config) for n, config in enumerate(CONFIGS)]
+GAMES += [(10 + n, True, *CONFIGS[n % len(CONFIGS)]) for n in range(6 * len(CONFIGS))]
+
+
+@pytest.mark.parametrize(("seed", "kills", "transactions", "rows", "long_in", "marked"), GAMES)
 def test_random_sequences_of_runs_leave_every_computed_day_exact(
     make_dbs: Callable[..., Databases],
     monkeypatch: pytest.MonkeyPatch,
     seed: int,
+    kills: bool,
     transactions: bool,
     rows: int,
     long_in: int,
@@ -296,36 +299,12 @@ def test_random_sequences_of_runs_leave_every_computed_day_exact(
     monkeypatch.setattr(rollup, "LONG_IN", long_in)
     monkeypatch.setattr(rollup, "MARKED_ORGS", marked)
     dbs = make_dbs(transaction_rows=rows)
-    played(dbs, transactions, lambda used: play(used, seed))
-
-
-# The settings above, each played with runs dying at points drawn from six seeds.
-DYING = [(10 + n, *CONFIGS[n % len(CONFIGS)]) for n in range(6 * len(CONFIGS))]
-
-
-@pytest.mark.parametrize(("seed", "transactions", "rows", "long_in", "marked"), DYING)
-def test_random_sequences_with_runs_dying_part_way_leave_every_computed_day_exact(
-    make_dbs: Callable[..., Databases],
-    monkeypatch: pytest.MonkeyPatch,
-    seed: int,
-    transactions: bool,
-    rows: int,
-    long_in: int,
-    marked: int,
-) -> None:
-    monkeypatch.setattr(rollup, "LONG_IN", long_in)
-    monkeypatch.setattr(rollup, "MARKED_ORGS", marked)
-    dbs = make_dbs(transaction_rows=rows)
-    played(dbs, transactions, lambda used: play(used, seed, kills=True))
-
-
-def played(dbs: Databases, transactions: bool, game: Callable[[Databases], None]) -> None:
     if transactions:
-        game(dbs)
+        play(dbs, seed, kills)
         return
     plain = connect(dbs.settings, dbs.uri, transactions=False)  # as on a standalone server
     try:
-        game(plain)
+        play(plain, seed, kills)
     finally:
         plain.close()
 
