@@ -39,15 +39,23 @@ _LIST_HEAD = bytes([2, 1, 7, LG_K, 3, _COMPACT])
 _REGISTER_BYTES = 2 ** (LG_K - 1)
 # How many of a byte's two registers hold the token 15.
 _TOKENS = bytes((n >> 4 == 15) + (n & 15 == 15) for n in range(256))
+# More distinct users than any platform has (a trillion): an estimate past it, or a stored one,
+# comes of damaged bytes that kept their layout. Registers' floor (byte 6 in register mode)
+# reaches about 28 at that many.
+MOST_USERS = 2**40
+_MOST_FLOOR = 28
 
 
 class UnreadableSketch(ValueError):
     """Bytes stored as a users sketch that are not a sketch this version writes."""
 
-    def __init__(self, blob: bytes, of: str = "a users sketch", day: str | None = None) -> None:
+    def __init__(
+        self, blob: bytes | None, of: str = "a users sketch", day: str | None = None
+    ) -> None:
         over = f"--start {day} --end {day}" if day else "over its days"
+        size = f" ({len(blob)} bytes)" if blob is not None else ""
         super().__init__(
-            f"{of} ({len(blob)} bytes) is damaged or was not written by this version; "
+            f"{of}{size} is damaged or was not written by this version; "
             f"`usage verify --repair {over}` writes it again"
         )
 
@@ -73,10 +81,10 @@ def well_formed(blob: bytes) -> bool:
             return False
         entries = _int_at(blob, 8)
         return 0 <= entries <= 3 * 2**lg_arr // 4 and len(blob) == 12 + 4 * entries
-    if mode != 2 or ints != 10 or len(blob) < 40 or count > 63:  # count: the registers' floor
-        return False
+    if mode != 2 or ints != 10 or len(blob) < 40 or count > _MOST_FLOOR:
+        return False  # count: the registers' floor
     estimate, *sums = _ESTIMATES.unpack_from(blob, 8)
-    if not (0 <= estimate < 2.0**64 and all(0 <= part <= 2**LG_K for part in sums)):
+    if not (0 <= estimate <= MOST_USERS and all(0 <= part <= 2**LG_K for part in sums)):
         return False  # NaN fails every comparison
     exceptions = _int_at(blob, 36)
     if len(blob) != 40 + _REGISTER_BYTES + 4 * exceptions:
@@ -149,6 +157,8 @@ class Union:
         value = result.get_estimate()
         low = result.get_lower_bound(BOUND_STD_DEVS)
         high = result.get_upper_bound(BOUND_STD_DEVS)
+        if not all(0 <= figure <= MOST_USERS for figure in (value, low, high)):  # NaN fails
+            raise UnreadableSketch(None, "a union of users sketches, one of them")
         # Rounded to whole users, never narrower than the estimate itself (an exact sketch,
         # in list mode, has bounds a hair either side of a whole number).
         return Estimate(round(value), min(round(value), round(low)), max(round(value), round(high)))

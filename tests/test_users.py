@@ -461,6 +461,8 @@ def test_every_sketch_this_version_writes_is_well_formed_and_damage_is_refused()
     registers = hll_with_exceptions()
     token_without_exception = registers[:40] + b"\xff" + registers[41:]
     no_number = registers[:8] + struct.pack("<d", float("nan")) + registers[16:]
+    absurd = registers[:8] + struct.pack("<d", 1.8e19) + registers[16:]
+    high_floor = registers[:6] + bytes([40]) + registers[7:]
     coupons = b"".join(struct.pack("<I", (5 << 26) | n) for n in range(1, 65))
     long_list = bytes([2, 1, 7, sketches.LG_K, 3, 8, 64, 0]) + coupons  # room for 7
     loose_set = bytes([3, 1, 7, sketches.LG_K, 5, 0, 0, 1]) + struct.pack("<i", 32) + coupons[:128]
@@ -469,6 +471,8 @@ def test_every_sketch_this_version_writes_is_well_formed_and_damage_is_refused()
         registers[:-4],
         token_without_exception,
         no_number,
+        absurd,
+        high_floor,
         long_list,
         loose_set,
         b"\x02\x01\x07",
