@@ -152,13 +152,13 @@ def damaged_days(dbs: Databases, generation: int, months: list[str]) -> list[dat
 
 
 def repair_days(drift: list[Drift], damaged: list[date]) -> list[date]:
-    """The days a repair recomputes: the drifted days, the `damaged` ones and, in a month
-    with a damaged day row, every day from its first such day to its last. Writing days
-    derives their month from all its day rows, so no damaged one may be left for a later
-    batch: a month's run of days is one batch (`rollup.batches`)."""
+    """The days a repair recomputes: the drifted days, the `damaged` ones (`damaged_days`
+    of the drifted months, which holds the month of any drift whose sketch is damaged) and,
+    in a month with a damaged day row, every day from its first such day to its last.
+    Writing days derives their month from all its day rows, so no damaged one may be left
+    for a later batch: a month's run of days is one batch (`rollup.batches`)."""
     days = set(drifted_days(drift)) | set(damaged)
-    months = {item.day[:7] for item in drift if item.unreadable}
-    for month in months | {day.isoformat()[:7] for day in damaged}:
+    for month in {day.isoformat()[:7] for day in damaged}:
         of_month = sorted(day for day in days if day.isoformat()[:7] == month)
         days.update(rollup.day_range(of_month[0], of_month[-1]))
     return sorted(days)
